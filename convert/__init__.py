@@ -1,0 +1,3 @@
+"""Command-line tools of pannuke-imagemask: export, verify, push, infos."""
+
+__version__ = "1.0.0"

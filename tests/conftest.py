@@ -1,0 +1,73 @@
+"""Fake folds in the real format, written once per session."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from convert.sample import write_fold
+
+SHARED_REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "pannuke-real")
+
+# Sizes chosen so that every split of every config is non-empty (see convert.sample._RUNS).
+PART1_PATCHES = 24
+THREE_FOLD_PATCHES = {1: 24, 2: 22, 3: 23}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_hf(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def kaggle_part1(tmp_path_factory):
+    """One fold in the Kaggle layout, with rogue files the reader must ignore."""
+    root = tmp_path_factory.mktemp("kaggle")
+    write_fold(str(root), 1, PART1_PATCHES, "kaggle")
+    notes = root / "Part 1" / "Author Notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("PanNuke author notes")
+    rogue = root / "__MACOSX" / "Part 1" / "Images"
+    rogue.mkdir(parents=True)
+    (rogue / "images.npy").write_bytes(b"\x00\x05\x16\x07resource fork")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def three_folds(tmp_path_factory):
+    """Folds 1, 2, 3 in the three layouts users meet: Kaggle, Kaggle without Part N, official."""
+    root = tmp_path_factory.mktemp("three")
+    write_fold(str(root), 1, THREE_FOLD_PATCHES[1], "kaggle")
+    write_fold(str(root / "fold_2"), 2, THREE_FOLD_PATCHES[2], "kaggle-flat")
+    write_fold(str(root), 3, THREE_FOLD_PATCHES[3], "official")
+    return str(root)
+
+
+@pytest.fixture
+def writable_fold(tmp_path, kaggle_part1):
+    """A private copy of the Kaggle fold, for tests that corrupt it."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(kaggle_part1, "Part 1"), root / "Part 1")
+    return root
+
+
+def real_types(fold):
+    path = os.path.join(SHARED_REAL, f"fold{fold}_types.npy")
+    if not os.path.exists(path):
+        pytest.skip(
+            f"real PanNuke tissue lists not found at {os.path.abspath(SHARED_REAL)} (not part of a fresh clone)"
+        )
+    return np.load(path, allow_pickle=False).tolist()
+
+
+def raw_fold(root, fold=1, layout="kaggle"):
+    """The raw arrays of a fake fold, read straight with numpy."""
+    from convert.sample import fold_paths
+
+    paths = fold_paths(root, fold, layout)
+    return (
+        np.load(paths["images"], mmap_mode="r"),
+        np.load(paths["masks"], mmap_mode="r"),
+        np.load(paths["types"]).tolist(),
+    )
