@@ -1,0 +1,34 @@
+"""pannuke-imagemask: export PanNuke as an image/mask folder tree, verify it, publish it to the Hub.
+
+Commands (each has --help):
+  export   write DIR/{train,valid,test}/{images,masks} from the builder's splits
+  verify   re-read an exported tree and compare every file with the source
+  push     publish Parquet and a dataset card to the Hub (or --local-dir)
+  infos    regenerate dataset_infos.json from the builder
+"""
+
+import importlib
+import sys
+
+from convert import __version__
+
+COMMANDS = ("export", "verify", "push", "infos")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"pannuke-imagemask {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"pannuke-imagemask: error: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"convert.{argv[0]}")
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

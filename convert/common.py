@@ -1,0 +1,125 @@
+"""What the commands share: the source and split options, the built-in sample, error reporting."""
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+import datasets
+
+import pannuke_imagemask as pim
+from convert.sample import SAMPLE_PATCHES, write_sample
+
+PROG = "pannuke-imagemask"
+CONFIGS = [config.name for config in pim.PanNukeImageMask.BUILDER_CONFIGS]
+
+# Errors of the user's making (bad data, bad paths, refused overwrite): one line, no traceback.
+USER_ERRORS = (pim.PanNukeFormatError, OSError, ValueError)
+
+
+def add_source_arguments(parser):
+    """--data-dir | --sample, the config and split options, --num-proc, --cache-dir, --quiet."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data-dir",
+        help="folder with the unpacked PanNuke folds (Kaggle 'Part N' or official 'Fold N'); "
+        "without it and without --sample the official zips are downloaded",
+    )
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"use the built-in sample: {SAMPLE_PATCHES} FAKE patches per fold in the real format, for trying the tool",
+    )
+    parser.add_argument("--config", choices=CONFIGS, default="part1", help="which folds and which splits")
+    parser.add_argument("--split-seed", type=int, default=pim.DEFAULT_SPLIT_SEED, help="seed of the keyed-hash split")
+    parser.add_argument(
+        "--split-ratios",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        default=list(pim.DEFAULT_SPLIT_RATIOS),
+        help="split proportions, summing to 1 (ignored by --config folds)",
+    )
+    parser.add_argument("--num-proc", type=int, default=1, help="processes for building and writing")
+    parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
+
+
+def configure_logging(args):
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "quiet", False):
+        datasets.disable_progress_bars()
+
+
+def sample_dir(folds, cache_dir=None):
+    """The built-in sample's folder, written once (atomically) and reused: it is deterministic."""
+    base = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "pannuke_imagemask_sample")
+    target = os.path.join(base, f"v{pim.PanNukeImageMask.VERSION}-{SAMPLE_PATCHES}-folds{''.join(map(str, folds))}")
+    if not os.path.isdir(target):
+        os.makedirs(base, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".sample.", dir=base)
+        write_sample(tmp, folds=folds)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # written meanwhile by another process: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def source_of(args):
+    """{"data_dir", "sample"} as recorded in export.json."""
+    return {"data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "sample": bool(args.sample)}
+
+
+def build_from_args(args, source=None):
+    """Build the DatasetDict the options ask for; returns (dataset_dict, source)."""
+    source = source or source_of(args)
+    if args.num_proc < 1:
+        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
+    config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
+    if source["sample"]:
+        data_dir = sample_dir(config.folds, args.cache_dir)
+        logging.getLogger(__name__).warning("using the built-in sample: FAKE patches, not PanNuke data")
+    else:
+        data_dir = source["data_dir"]
+        if data_dir is not None and not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+    dataset_dict = pim.build(
+        args.config,
+        data_dir=data_dir,
+        cache_dir=args.cache_dir,
+        num_proc=args.num_proc if args.num_proc > 1 else None,
+        split_seed=args.split_seed,
+        split_ratios=tuple(args.split_ratios),
+    )
+    return dataset_dict, source
+
+
+def one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_cli(name, function, args):
+    """Run a command: exit 0 done, 1 failed (one line on stderr for user errors), 130 interrupted."""
+    previous = signal.signal(signal.SIGTERM, _terminate)  # clean up on kill as on Ctrl-C
+    try:
+        return function(args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {name}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+    except datasets.exceptions.DatasetGenerationError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, USER_ERRORS) else exc
+        print(f"{PROG} {name}: error: {one_line(cause)}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as exc:
+        print(f"{PROG} {name}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
