@@ -48,7 +48,7 @@ def compare_png(actual_path, expected_bytes):
         return None
     try:
         mode, pixels = _pixels(actual)
-    except Exception as exc:  # any decoding failure is a difference to report, not a crash
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's decoding errors: a difference, not a crash
         return f"cannot be read as an image ({exc})"
     expected_mode, expected = _pixels(expected_bytes)
     if mode != expected_mode or pixels.shape != expected.shape:
@@ -61,7 +61,7 @@ def compare_jpeg(actual_path, expected_rgb):
     try:
         with Image.open(actual_path) as image:
             pixels = np.array(image.convert("RGB"))
-    except Exception as exc:  # any decoding failure is a difference to report
+    except (OSError, ValueError, SyntaxError) as exc:
         return f"cannot be read as an image ({exc})"
     if pixels.shape != expected_rgb.shape:
         return f"is {pixels.shape}, expected {expected_rgb.shape}"
