@@ -97,7 +97,7 @@ def encode_image(image, image_format):
     if image_format == "png":
         return pim.encode_png(np.asarray(image))
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: keep stain colour
     return buffer.getvalue()
 
 
@@ -127,7 +127,7 @@ def metadata_row(split, row, image_format, tissue_names):
     counts = np.bincount([n["label"] for n in row["nuclei"]], minlength=len(pim.NUCLEUS_CLASSES))
     image_path, mask_path = relative_paths(split, row["id"], image_format)
     return (
-        [split, row["id"], row["fold"], row["index"], tissue_names[row["tissue"]]]
+        [split_dir(split), row["id"], row["fold"], row["index"], tissue_names[row["tissue"]]]
         + counts.tolist()
         + [int(counts.sum()), image_path, mask_path]
     )

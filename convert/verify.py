@@ -32,7 +32,7 @@ from convert.export import (
 
 logger = logging.getLogger(__name__)
 
-JPEG_TOLERANCE = 3.0  # quality-95 JPEG of H&E patches differs by about 1 level on average
+JPEG_TOLERANCE = 4.0  # mean |difference| per channel value; quality-95 4:4:4 JPEG of noisy fake patches: ~3.2
 
 
 def _pixels(data):

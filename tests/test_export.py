@@ -1,0 +1,346 @@
+"""python -m convert export / verify: file sets, pixels of every mask style, metadata, safety, verify."""
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import PART1_PATCHES, raw_fold
+from PIL import Image
+from reference import reference_image, reference_labels, reference_split
+
+from convert import __version__
+from convert.__main__ import main
+from convert.sample import SAMPLE_PATCHES, fake_tissues, write_fold
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The colours of the issue, written out here rather than imported: background black, then the classes.
+SCREEN_COLOURS = {0: (0, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255), 3: (255, 0, 0), 4: (0, 255, 255), 5: (255, 255, 0)}
+CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf-cache"))
+
+
+def _expected_splits(seed=0, ratios=(0.8, 0.15, 0.05)):
+    members = reference_split({1: fake_tissues(PART1_PATCHES, 1)}, seed, ratios)
+    return {"train": members["train"], "valid": members["validation"], "test": members["test"]}
+
+
+def _export(out, data_dir, cache, *extra):
+    return main(["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
+
+
+def _tree_digest(root):
+    digest = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+def _expected_mask(style, raw_mask):
+    semantic, instance, _ = reference_labels(np.asarray(raw_mask))
+    if style == "color":
+        colour = np.zeros(semantic.shape + (3,), dtype=np.uint8)
+        for value, rgb in SCREEN_COLOURS.items():
+            colour[semantic == value] = rgb
+        return colour
+    if style == "semantic":
+        return semantic
+    if style == "binary":
+        return (semantic > 0).astype(np.uint8) * 255
+    return instance
+
+
+@pytest.fixture(scope="session")
+def color_tree(tmp_path_factory, kaggle_part1, cache):
+    out = tmp_path_factory.mktemp("exports") / "color"
+    assert _export(out, kaggle_part1, cache) == 0
+    return out
+
+
+def test_file_sets_per_split_are_the_builders_splits(color_tree):
+    assert sorted(os.listdir(color_tree)) == [
+        "export.json",
+        "metadata.csv",
+        "samples.png",
+        "statistics.png",
+        "test",
+        "train",
+        "valid",
+    ]
+    for split, members in _expected_splits().items():
+        ids = sorted(f"fold{f}_{i:05d}" for f, i in members)
+        assert sorted(os.listdir(color_tree / split)) == ["images", "masks"]
+        assert sorted(os.listdir(color_tree / split / "images")) == [f"{i}.png" for i in ids]
+        assert sorted(os.listdir(color_tree / split / "masks")) == [f"{i}.png" for i in ids]
+
+
+def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tree, kaggle_part1):
+    images, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            name = f"fold1_{index:05d}.png"
+            with Image.open(color_tree / split / "images" / name) as image:
+                assert image.mode == "RGB"
+                np.testing.assert_array_equal(np.array(image), reference_image(images[index]))
+            with Image.open(color_tree / split / "masks" / name) as mask:
+                assert mask.mode == "RGB"
+                np.testing.assert_array_equal(np.array(mask), _expected_mask("color", masks[index]))
+    # Pixel (0, 0) of every fake image is pure green: a red/blue swap would show here.
+    with Image.open(color_tree / "train" / "images" / "fold1_00000.png") as image:
+        assert image.getpixel((0, 0)) == (0, 255, 0)
+
+
+@pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
+def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, cache, tmp_path):
+    out = tmp_path / style
+    assert _export(out, kaggle_part1, cache, "--mask-style", style) == 0
+    _, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            with Image.open(out / split / "masks" / f"fold1_{index:05d}.png") as mask:
+                assert mask.mode == mode
+                np.testing.assert_array_equal(np.array(mask), _expected_mask(style, masks[index]))
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("style", ["color", "instance"])
+def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache, tmp_path):
+    out = tmp_path / "small"
+    assert _export(out, kaggle_part1, cache, "--size", "128", "--mask-style", style) == 0
+    images, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            name = f"fold1_{index:05d}.png"
+            with Image.open(out / split / "images" / name) as image:
+                assert image.size == (128, 128) and image.mode == "RGB"
+            with Image.open(out / split / "masks" / name) as mask:
+                small = np.array(mask)
+            native = _expected_mask(style, masks[index])
+            # Halving by nearest neighbour samples the centre of each 2x2 block: rows and columns 1, 3, 5, ...
+            np.testing.assert_array_equal(small, native[1::2, 1::2])
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_metadata_csv_lists_every_patch(color_tree, kaggle_part1):
+    _, masks, tissues = raw_fold(kaggle_part1)
+    with open(color_tree / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == (
+        ["split", "id", "fold", "index", "tissue"] + [f"n_{c}" for c in CLASS_NAMES] + ["n_nuclei", "image", "mask"]
+    )
+    expected = []
+    for split, members in _expected_splits().items():
+        for fold, index in sorted(members):
+            nuclei = reference_labels(np.asarray(masks[index]))[2]
+            counts = [sum(1 for n in nuclei if n["label"] == c) for c in range(5)]
+            pid = f"fold{fold}_{index:05d}"
+            expected.append(
+                [split, pid, str(fold), str(index), tissues[index]]
+                + [str(c) for c in counts]
+                + [str(len(nuclei)), f"{split}/images/{pid}.png", f"{split}/masks/{pid}.png"]
+            )
+    assert [list(r.values()) for r in rows] == expected
+    assert [r["split"] for r in rows] == ["train"] * 19 + ["valid"] * 4 + ["test"]
+
+
+def test_export_json_records_every_option(color_tree, kaggle_part1):
+    manifest = json.loads((color_tree / "export.json").read_text())
+    created = manifest.pop("created")
+    assert created.endswith("+00:00")
+    assert manifest == {
+        "tool": "pannuke-imagemask",
+        "version": __version__,
+        "builder_version": "1.0.0",
+        "source": {"data_dir": os.path.abspath(kaggle_part1), "sample": False},
+        "config": "part1",
+        "split_seed": 0,
+        "split_ratios": [0.8, 0.15, 0.05],
+        "mask_style": "color",
+        "image_format": "png",
+        "size": 256,
+        "jpeg_quality": None,
+        "num_proc": 1,
+        "splits": {"train": 19, "valid": 4, "test": 1},
+    }
+
+
+def test_pictures_are_png(color_tree):
+    for name in ("statistics.png", "samples.png"):
+        with Image.open(color_tree / name) as picture:
+            assert picture.format == "PNG" and picture.size[0] >= 600
+
+
+def test_two_processes_write_the_same_tree(color_tree, kaggle_part1, cache, tmp_path):
+    out = tmp_path / "two"
+    assert _export(out, kaggle_part1, cache, "--num-proc", "2") == 0
+    one, two = _tree_digest(color_tree), _tree_digest(out)
+    for name in ("export.json", "statistics.png", "samples.png"):  # timestamps, num_proc; figures not pixel-pinned
+        one.pop(name), two.pop(name)
+    assert one == two
+
+
+def test_jpeg_images_verify_within_tolerance(kaggle_part1, cache, tmp_path):
+    out = tmp_path / "jpg"
+    assert _export(out, kaggle_part1, cache, "--image-format", "jpg") == 0
+    images, _, _ = raw_fold(kaggle_part1)
+    with Image.open(out / "train" / "images" / "fold1_00000.jpg") as image:
+        assert image.format == "JPEG"
+        error = np.abs(np.array(image).astype(int) - reference_image(images[0])).mean()
+    assert error < 4.0
+    assert sorted(os.listdir(out / "train" / "masks"))[0] == "fold1_00000.png"
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_path, capsys):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(color_tree, tree)
+    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 0
+    capsys.readouterr()
+
+    mask_path = tree / "train" / "masks" / "fold1_00000.png"
+    mask = np.array(Image.open(mask_path))
+    mask[100, 100] = (255, 0, 255)
+    Image.fromarray(mask).save(mask_path)
+    (tree / "valid" / "images" / sorted(os.listdir(tree / "valid" / "images"))[0]).unlink()
+    (tree / "test" / "images" / "fold1_99999.png").write_bytes(b"rogue")
+    lines = (tree / "metadata.csv").read_text().splitlines()
+    (tree / "metadata.csv").write_text("\n".join(lines[:-1]) + "\n")
+
+    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    missing = sorted(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])[0]
+    assert out.splitlines() == [
+        f"valid/images/{missing}.png: missing",
+        "test/images/fold1_99999.png: not in the source's splits",
+        "train/masks/fold1_00000.png: 1 of 65536 pixels differ",
+        "metadata.csv: row missing or changed: " + lines[-1],
+    ]
+    assert err.strip().endswith(f"{tree}: 4 difference(s) in {PART1_PATCHES} patches")
+
+
+def test_existing_output_is_refused_without_force_and_left_unchanged(color_tree, kaggle_part1, cache, capsys):
+    before = _tree_digest(color_tree)
+    assert _export(color_tree, kaggle_part1, cache, "--mask-style", "binary") == 1
+    err = capsys.readouterr().err
+    assert err == f"pannuke-imagemask export: error: {color_tree} exists and is not empty; pass --force to replace it\n"
+    assert _tree_digest(color_tree) == before
+
+
+def test_force_replaces_the_tree_and_leaves_no_temporary_folder(kaggle_part1, cache, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous run")
+    assert _export(out, kaggle_part1, cache, "--mask-style", "binary", "--force") == 0
+    assert not (out / "old.txt").exists()
+    assert json.loads((out / "export.json").read_text())["mask_style"] == "binary"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_interrupted_force_export_keeps_the_previous_tree(tmp_path):
+    # A fold large enough that the export is still writing when the signal arrives.
+    data = tmp_path / "data"
+    write_fold(str(data), 1, 160, "kaggle")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous tree")
+    before = _tree_digest(out)
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    command = [sys.executable, "-m", "convert", "export", "--out", str(out), "--data-dir", str(data)]
+    command += ["--cache-dir", str(tmp_path / "cache"), "--force", "--quiet"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    written = []
+    while time.monotonic() < deadline and process.poll() is None and len(written) < 5:
+        temporary = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+        written = [f for t in temporary for f in (t / "train" / "images").glob("*.png")] if temporary else []
+        time.sleep(0.01)
+    assert process.poll() is None, "the export finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "pannuke-imagemask export: interrupted; no partial output was left"
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "out"]
+
+
+def test_sample_runs_with_no_data(tmp_path, caplog):
+    out = tmp_path / "sample"
+    assert main(["export", "--sample", "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["source"] == {"data_dir": None, "sample": True}
+    assert sum(manifest["splits"].values()) == SAMPLE_PATCHES
+    assert sum(len(os.listdir(out / s / "images")) for s in ("train", "valid", "test")) == SAMPLE_PATCHES
+    assert "using the built-in sample: FAKE patches, not PanNuke data" in caplog.messages
+    assert main(["verify", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
+
+
+def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
+    out = tmp_path / "folds"
+    assert main(["export", "--out", str(out), "--data-dir", three_folds, "--config", "folds", "--cache-dir", cache, "--quiet"]) == 0
+    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".csv", ".png"))) == ["fold1", "fold2", "fold3"]
+    assert len(os.listdir(out / "fold2" / "images")) == 22
+
+
+def _bad_fold(tmp_path):
+    data = tmp_path / "bad"
+    paths = write_fold(str(data), 1, 4, "kaggle")
+    images = np.lib.format.open_memmap(paths["images"], mode="r+")
+    images[2, 5, 5, 0] = 256.0
+    images.flush()
+    return data, paths
+
+
+def test_bad_data_dir_gives_one_line_and_no_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "nowhere"
+    assert main(["export", "--out", str(out), "--data-dir", str(missing), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == f"pannuke-imagemask export: error: {missing}: no such folder (--data-dir)\n"
+
+    data, paths = _bad_fold(tmp_path)
+    assert main(["export", "--out", str(out), "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"pannuke-imagemask export: error: {paths['images']}: patch 2: image values outside 0..255 (min 0, max 256)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "c"]  # no output, no temporary folder
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["export", "--out", str(tmp_path / "o"), "--mask-style", "jpeg"])
+    assert caught.value.code == 2
+    assert "invalid choice: 'jpeg'" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert capsys.readouterr().err == (
+        "pannuke-imagemask: error: unknown command 'frobnicate'; valid: export, verify, push, infos\n"
+    )
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["export", "--help"])
+    assert caught.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--out", "--data-dir", "--sample", "--config", "--split-seed", "--split-ratios", "--mask-style"):
+        assert option in text
+    for option in ("--image-format", "--size", "--num-proc", "--cache-dir", "--force", "--quiet"):
+        assert option in text
+    for default in ("(default: part1)", "(default: 0)", "(default: color)", "(default: png)", "(default: 256)"):
+        assert default in text
+    assert "(default: [0.8, 0.15, 0.05])" in text and "(default: 1)" in text
