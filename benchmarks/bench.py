@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np
 
 import pannuke_imagemask as pim
+from convert.__main__ import main as cli_main
+from convert.export import render_mask
 from convert.sample import fold_paths, write_fold
 
 
@@ -91,6 +93,38 @@ def bare_builder_loop(paths, n):
     return total
 
 
+def bare_export_loop(paths, n, out):
+    """What an export does per patch, without datasets: read, convert, encode image + colour mask, write."""
+    images, masks = pim.open_fold(paths)
+    os.makedirs(out, exist_ok=True)
+    for index in range(n):
+        image, ids = pim.read_patch(images, masks, index, paths)
+        semantic, instance, _ = pim.ids_to_labels(ids)
+        with open(os.path.join(out, f"{index:05d}.png"), "wb") as f:
+            f.write(pim.encode_png(image))
+        with open(os.path.join(out, f"{index:05d}_mask.png"), "wb") as f:
+            f.write(pim.encode_png(render_mask(semantic, instance, "color")))
+    return dir_bytes(out)
+
+
+def measure(function, *args):
+    """{"seconds", "peak_rss_anon", "output_bytes"} of function(*args), which returns the bytes it wrote."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        written = function(*args)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_anon": memory.peak, "output_bytes": written}
+
+
+def run_export(data_dir, cache_dir, out, num_proc):
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["export", "--out", out, "--data-dir", data_dir, "--cache-dir", cache_dir, "--num-proc", str(num_proc)]
+    code = cli_main([*argv, "--quiet"])
+    if code != 0:
+        raise RuntimeError(f"export failed with exit code {code}")
+    return dir_bytes(out)
+
+
 class TimedBuilder(pim.PanNukeImageMask):
     """The builder, noting when the first example is asked for, so start-up can be left out."""
 
@@ -105,17 +139,16 @@ class TimedBuilder(pim.PanNukeImageMask):
 def run_builder(data_dir, cache_dir, num_proc):
     shutil.rmtree(cache_dir, ignore_errors=True)
     TimedBuilder.first_example_at = None
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        builder = TimedBuilder(config_name="part1", data_dir=data_dir, cache_dir=cache_dir)
-        builder.download_and_prepare(num_proc=num_proc)
-        end = time.perf_counter()
-    return {
-        "seconds": end - start,
-        "seconds_after_startup": end - (TimedBuilder.first_example_at or start),
-        "peak_rss_anon": memory.peak,
-        "output_bytes": dir_bytes(cache_dir),
-    }
+    result = measure(_prepare, data_dir, cache_dir, num_proc)
+    result["seconds_after_startup"] = _prepare.end - TimedBuilder.first_example_at
+    return result
+
+
+def _prepare(data_dir, cache_dir, num_proc):
+    builder = TimedBuilder(config_name="part1", data_dir=data_dir, cache_dir=cache_dir)
+    builder.download_and_prepare(num_proc=num_proc)
+    _prepare.end = time.perf_counter()
+    return dir_bytes(cache_dir)
 
 
 def main(argv=None):
@@ -136,29 +169,50 @@ def main(argv=None):
         write_fold(data_dir, 1, n, "kaggle")
         print(f"wrote fake fold of {n} patches in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     source_bytes = sum(os.path.getsize(p) for p in paths.values())
+    cache_dir = os.path.join(args.workdir, "cache")
+    out = os.path.join(args.workdir, "export")
 
-    results = {"patches": n, "source_bytes": source_bytes, "cpus": os.cpu_count(), "numpy": np.__version__}
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        png_bytes = bare_builder_loop(paths, n)
-        seconds = time.perf_counter() - start
-    results["bare_loop"] = {"seconds": seconds, "peak_rss_anon": memory.peak, "output_bytes": png_bytes}
+    r = {"patches": n, "source_bytes": source_bytes, "cpus": os.cpu_count(), "numpy": np.__version__}
+    bare_builder_loop(paths, min(n, 32))  # warm-up: imports, allocator, first page faults
+    r["bare_loop"] = measure(bare_builder_loop, paths, n)
     for num_proc in (1, 2):
-        results[f"builder_{num_proc}"] = run_builder(data_dir, os.path.join(args.workdir, "cache"), num_proc)
+        r[f"builder_{num_proc}"] = run_builder(data_dir, cache_dir, num_proc)
+    # The export rows run with the builder cache warm (prepared just above), against a bare export loop.
+    r["bare_export"] = measure(bare_export_loop, paths, n, out)
+    for num_proc in (1, 2):
+        r[f"export_{num_proc}"] = measure(run_export, data_dir, cache_dir, out, num_proc)
+    shutil.rmtree(out)
 
-    bare = n / results["bare_loop"]["seconds"]
-    one = n / results["builder_1"]["seconds_after_startup"]
-    one_total = n / results["builder_1"]["seconds"]
-    two_total = n / results["builder_2"]["seconds"]
+    def rate(key, seconds="seconds"):
+        return n / r[key][seconds]
+
     rows = [
-        ("bare loop (read + convert + 3 PNGs)", bare, "1.00x", results["bare_loop"]),
-        ("builder, num_proc=1 (start-up excluded)", one, f"{one / bare:.2f}x bare", results["builder_1"]),
-        ("builder, num_proc=1 (whole prepare)", one_total, f"{one_total / bare:.2f}x bare", results["builder_1"]),
+        ("bare loop: read + convert + 3 PNGs", "bare_loop", rate("bare_loop"), "1.00x"),
         (
-            "builder, num_proc=2 (whole prepare)",
-            two_total,
-            f"{two_total / one_total:.2f}x num_proc=1",
-            results["builder_2"],
+            "builder, num_proc=1, start-up excluded",
+            "builder_1",
+            rate("builder_1", "seconds_after_startup"),
+            f"{rate('builder_1', 'seconds_after_startup') / rate('bare_loop'):.2f}x bare loop",
+        ),
+        ("builder, num_proc=1, whole prepare", "builder_1", rate("builder_1"), "1.00x"),
+        (
+            "builder, num_proc=2, whole prepare",
+            "builder_2",
+            rate("builder_2"),
+            f"{rate('builder_2') / rate('builder_1'):.2f}x num_proc=1",
+        ),
+        ("bare export loop: read + convert + 2 PNGs + write", "bare_export", rate("bare_export"), "1.00x"),
+        (
+            "export --num-proc 1, cache warm",
+            "export_1",
+            rate("export_1"),
+            f"{rate('export_1') / rate('bare_export'):.2f}x bare export",
+        ),
+        (
+            "export --num-proc 2, cache warm",
+            "export_2",
+            rate("export_2"),
+            f"{rate('export_2') / rate('export_1'):.2f}x --num-proc 1",
         ),
     ]
     lines = [
@@ -167,14 +221,15 @@ def main(argv=None):
         "| run | patches/s | ratio | peak anonymous RSS (tree) | output |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, rate, ratio, r in rows:
+    for name, key, value, ratio in rows:
         lines.append(
-            f"| {name} | {rate:.1f} | {ratio} | {r['peak_rss_anon'] / 2**20:.0f} MiB | {r['output_bytes'] / 1e6:.0f} MB |"
+            f"| {name} | {value:.1f} | {ratio} | {r[key]['peak_rss_anon'] / 2**20:.0f} MiB | "
+            f"{r[key]['output_bytes'] / 1e6:.0f} MB |"
         )
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(r, f, indent=2)
     return 0
 
 

@@ -146,6 +146,7 @@ _WORKER = {}
 
 def _init_worker(dataset_dict, options, root):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must end workers quietly
     _WORKER.update(dataset_dict=dataset_dict, options=options, root=root)
 
 
