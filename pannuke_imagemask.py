@@ -318,10 +318,12 @@ def find_folds(roots, folds):
             count = read_npy_header(files["images.npy"][0])[0][:1]
             matches = [f for f, size in FOLD_SIZES.items() if count == (size,)]
             if not matches:
-                raise PanNukeFormatError(
-                    f"{files['images.npy'][0]}: cannot tell the fold: no Part N / Fold N folder name and "
-                    f"{count[0] if count else 0} patches match no official fold size {FOLD_SIZES}"
+                logger.warning(
+                    "%s: ignored: no Part N / Fold N folder name, and %s patches match no official fold size",
+                    files["images.npy"][0],
+                    count[0] if count else 0,
                 )
+                continue
             fold = matches[0]
         else:
             continue
@@ -569,8 +571,19 @@ def _shards(items, files, tissues):
     return shards
 
 
+def _is_default(config, key, value):
+    default = getattr(config, key, object())
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return value == default
+
+
 def build(config_name="part1", data_dir=None, cache_dir=None, num_proc=None, **config_kwargs):
     """Prepare a config from the raw folds (or the official download) and return its DatasetDict."""
+    defaults = {config.name: config for config in PanNukeImageMask.BUILDER_CONFIGS}.get(config_name)
+    if defaults is not None:
+        # datasets keys the cache on the kwargs given, so a kwarg equal to the default would rebuild it.
+        config_kwargs = {key: value for key, value in config_kwargs.items() if not _is_default(defaults, key, value)}
     builder = PanNukeImageMask(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
     try:
         builder.download_and_prepare(num_proc=num_proc)

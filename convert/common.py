@@ -19,7 +19,7 @@ CONFIGS = [config.name for config in pim.PanNukeImageMask.BUILDER_CONFIGS]
 USER_ERRORS = (pim.PanNukeFormatError, OSError, ValueError)
 
 
-def add_source_arguments(parser):
+def add_source_arguments(parser, several_configs=False):
     """--data-dir | --sample, the config and split options, --num-proc, --cache-dir, --quiet."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -32,7 +32,10 @@ def add_source_arguments(parser):
         action="store_true",
         help=f"use the built-in sample: {SAMPLE_PATCHES} FAKE patches per fold in the real format, for trying the tool",
     )
-    parser.add_argument("--config", choices=CONFIGS, default="part1", help="which folds and which splits")
+    if several_configs:
+        parser.add_argument("--config", choices=CONFIGS, nargs="+", help="which configs (default: part1)")
+    else:
+        parser.add_argument("--config", choices=CONFIGS, default="part1", help="which folds and which splits")
     parser.add_argument("--split-seed", type=int, default=pim.DEFAULT_SPLIT_SEED, help="seed of the keyed-hash split")
     parser.add_argument(
         "--split-ratios",

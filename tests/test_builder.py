@@ -484,3 +484,13 @@ def test_download_with_a_wrong_checksum_is_refused(http_mirror, tmp_path, monkey
     sha = hashlib.sha256((tmp_path / "served" / name).read_bytes()).hexdigest()
     assert str(caught.value) == f"{url}/fold_1.zip: SHA-256 {sha}, expected {'0' * 64}"
     assert _arrow_files(cache) == []
+
+
+def test_default_kwargs_reuse_the_cache(kaggle_part1, tmp_path):
+    cache = str(tmp_path / "cache")
+    pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+    pim.build("part1", data_dir=kaggle_part1, cache_dir=cache, split_seed=0, split_ratios=[0.8, 0.15, 0.05])
+    prepared = [d for d in os.listdir(os.path.join(cache, "pannuke_imagemask")) if not d.endswith(".lock")]
+    assert len(prepared) == 1 and prepared[0].startswith("part1-")
+    pim.build("part1", data_dir=kaggle_part1, cache_dir=cache, split_seed=1)
+    assert len([d for d in os.listdir(os.path.join(cache, "pannuke_imagemask")) if not d.endswith(".lock")]) == 2

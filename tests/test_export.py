@@ -292,8 +292,28 @@ def test_sample_runs_with_no_data(tmp_path, caplog):
 
 def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
     out = tmp_path / "folds"
-    assert main(["export", "--out", str(out), "--data-dir", three_folds, "--config", "folds", "--cache-dir", cache, "--quiet"]) == 0
-    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".csv", ".png"))) == ["fold1", "fold2", "fold3"]
+    assert (
+        main(
+            [
+                "export",
+                "--out",
+                str(out),
+                "--data-dir",
+                three_folds,
+                "--config",
+                "folds",
+                "--cache-dir",
+                cache,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".csv", ".png"))) == [
+        "fold1",
+        "fold2",
+        "fold3",
+    ]
     assert len(os.listdir(out / "fold2" / "images")) == 22
 
 
@@ -313,7 +333,9 @@ def test_bad_data_dir_gives_one_line_and_no_output(tmp_path, capsys):
     assert capsys.readouterr().err == f"pannuke-imagemask export: error: {missing}: no such folder (--data-dir)\n"
 
     data, paths = _bad_fold(tmp_path)
-    assert main(["export", "--out", str(out), "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 1
+    assert (
+        main(["export", "--out", str(out), "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 1
+    )
     err = capsys.readouterr().err
     assert err == (
         f"pannuke-imagemask export: error: {paths['images']}: patch 2: image values outside 0..255 (min 0, max 256)\n"

@@ -1,0 +1,232 @@
+"""Publish PanNuke to the Hugging Face Hub as Parquet plus a dataset card, or write that repository to --local-dir.
+
+Each config is built with the builder and pushed with DatasetDict.push_to_hub into its own folder
+(part1/, all/, folds/); the card README.md lists every config, `part1` first and default. The loading
+script is never uploaded: datasets >= 4 refuses repositories that hold one.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import string
+import sys
+import tempfile
+from importlib import resources
+
+import datasets
+import yaml
+from huggingface_hub import DatasetCard, HfApi, get_token
+from huggingface_hub.errors import EntryNotFoundError
+
+import pannuke_imagemask as pim
+from convert import __version__
+from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, configure_logging, run_cli
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+CARD_FIELDS = {
+    "license": "cc-by-nc-sa-4.0",
+    "task_categories": ["image-segmentation"],
+    "task_ids": ["instance-segmentation", "semantic-segmentation"],
+    "tags": ["histopathology", "pathology", "nuclei", "medical", "biology", "H&E", "pannuke"],
+    "pretty_name": "PanNuke (image, semantic mask, instance mask, nuclei)",
+    "size_categories": ["1K<n<10K"],
+}
+
+
+def config_entry(config, dataset_dict):
+    """The card's `configs` item for a config, with data files where push_to_hub puts them."""
+    return {
+        "config_name": config,
+        "data_files": [{"split": split, "path": f"{config}/{split}-*"} for split in dataset_dict],
+    }
+
+
+def info_entry(config, dataset_dict):
+    """The card's `dataset_info` item: features and split sizes."""
+    first = next(iter(dataset_dict.values()))
+    splits = datasets.SplitDict()
+    for split, dataset in dataset_dict.items():
+        splits.add(datasets.SplitInfo(name=split, num_bytes=dataset.data.nbytes, num_examples=dataset.num_rows))
+    info = datasets.DatasetInfo(features=first.features, splits=splits)
+    return {"config_name": config, **info._to_yaml_dict()}
+
+
+def _by_name(entries):
+    if isinstance(entries, dict):
+        entries = [entries]
+    return {entry.get("config_name", "default"): entry for entry in entries or []}
+
+
+def card_metadata(built, existing=None):
+    """YAML metadata: fixed fields, then configs and dataset_info merged with an existing card's."""
+    existing = existing or {}
+    configs = _by_name(existing.get("configs"))
+    infos = _by_name(existing.get("dataset_info"))
+    for config, dataset_dict in built.items():
+        configs[config] = config_entry(config, dataset_dict)
+        infos[config] = info_entry(config, dataset_dict)
+    order = [c for c in CONFIGS if c in configs] + sorted(set(configs) - set(CONFIGS))
+    default = order[0]
+    config_list = []
+    for name in order:
+        entry = {key: value for key, value in configs[name].items() if key != "default"}
+        if name == default:
+            entry["default"] = True
+        config_list.append(entry)
+    return {**CARD_FIELDS, "configs": config_list, "dataset_info": [infos[name] for name in order if name in infos]}
+
+
+def _split_tables(metadata):
+    lines = []
+    for info in metadata["dataset_info"]:
+        splits = info.get("splits", [])
+        lines.append(
+            f"| `{info['config_name']}` | " + " | ".join(f"{s['name']}: {s['num_examples']}" for s in splits) + " |"
+        )
+    return "| config | splits (patches) |\n| --- | --- |\n" + "\n".join(lines)
+
+
+def render_card(repo_id, metadata, split_seed, split_ratios):
+    """The dataset card: YAML metadata, then the body from card_template.md."""
+    template = string.Template(resources.files("convert").joinpath("card_template.md").read_text())
+    names = [entry["config_name"] for entry in metadata["configs"]]
+    body = template.substitute(
+        repo_id=repo_id,
+        tool_version=__version__,
+        config_list=", ".join(f"`{name}`" for name in names),
+        default_config=names[0],
+        tissue_list=", ".join(pim.TISSUES),
+        split_tables=_split_tables(metadata),
+        split_seed=split_seed,
+        split_ratios=", ".join(str(r) for r in split_ratios),
+        homepage=pim._HOMEPAGE,
+        citation=pim._CITATION,
+    )
+    header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    return f"---\n{header}---\n\n{body}"
+
+
+def write_local_shards(dataset_dict, config, folder, max_shard_size):
+    """Parquet shards named and cut as push_to_hub names and cuts them (nothing to embed: images are bytes)."""
+    max_bytes = datasets.utils.py_utils.convert_file_size_to_int(max_shard_size)
+    target = os.path.join(folder, config)
+    os.makedirs(target, exist_ok=True)
+    for split, dataset in dataset_dict.items():
+        num_shards = int(dataset.data.nbytes / max_bytes) + 1
+        for index in range(num_shards):
+            shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
+            shard.to_parquet(os.path.join(target, f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+
+
+def _read_card_yaml(path):
+    with open(path) as f:
+        return DatasetCard(f.read()).data.to_dict()
+
+
+def push_local(args, configs):
+    local_dir = os.path.abspath(args.local_dir)
+    if os.path.isdir(local_dir) and os.listdir(local_dir) and not args.force:
+        raise FileExistsError(f"{local_dir} exists and is not empty; pass --force to update it")
+    os.makedirs(os.path.dirname(local_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(local_dir)}.", suffix=".incomplete", dir=os.path.dirname(local_dir)
+    )
+    try:
+        built = {}
+        for config in configs:
+            dataset_dict, _ = build_from_args(_with_config(args, config))
+            write_local_shards(dataset_dict, config, tmp, args.max_shard_size)
+            built[config] = dataset_dict
+        card_path = os.path.join(local_dir, "README.md")
+        existing = _read_card_yaml(card_path) if os.path.exists(card_path) else None
+        card = render_card(args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(card)
+        os.makedirs(local_dir, exist_ok=True)
+        for name in sorted(os.listdir(tmp)):  # config folders and the card replace theirs; others stay
+            destination = os.path.join(local_dir, name)
+            if os.path.isdir(destination):
+                shutil.rmtree(destination)
+            os.replace(os.path.join(tmp, name), destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %s (%s) to %s", args.repo_id, ", ".join(configs), local_dir)
+    return 0
+
+
+def push_hub(args, configs, token):
+    api = HfApi(token=token)
+    built = {}
+    for config in configs:
+        dataset_dict, _ = build_from_args(_with_config(args, config))
+        dataset_dict.push_to_hub(
+            args.repo_id,
+            config_name=config,
+            set_default=config == "part1",
+            max_shard_size=args.max_shard_size,
+            private=args.private,
+            token=token,
+            commit_message=f"Upload config {config} (pannuke-imagemask {__version__})",
+        )
+        built[config] = dataset_dict
+    try:
+        card_file = api.hf_hub_download(args.repo_id, "README.md", repo_type="dataset")
+        existing = _read_card_yaml(card_file)
+    except EntryNotFoundError:
+        existing = None
+    card = render_card(args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios)
+    api.upload_file(
+        path_or_fileobj=card.encode(),
+        path_in_repo="README.md",
+        repo_id=args.repo_id,
+        repo_type="dataset",
+        commit_message=f"Dataset card (pannuke-imagemask {__version__})",
+    )
+    logger.info("pushed %s (%s)", args.repo_id, ", ".join(configs))
+    return 0
+
+
+def _with_config(args, config):
+    return argparse.Namespace(**{**vars(args), "config": config})
+
+
+def _get_parser():
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} push", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--repo-id", required=True, help="OWNER/NAME of the dataset repository")
+    add_source_arguments(parser, several_configs=True)
+    parser.add_argument("--all-configs", action="store_true", help="push part1, all and folds")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest Parquet shard")
+    parser.add_argument("--local-dir", help="write the repository folder here instead of pushing (no network)")
+    parser.add_argument("--force", action="store_true", help="update a non-empty --local-dir")
+    return parser
+
+
+def push(args):
+    if args.all_configs and args.config:
+        raise ValueError("--config and --all-configs exclude each other")
+    configs = CONFIGS if args.all_configs else list(dict.fromkeys(args.config or ["part1"]))
+    if "/" not in args.repo_id:
+        raise ValueError(f"--repo-id must be OWNER/NAME, got {args.repo_id!r}")
+    datasets.utils.py_utils.convert_file_size_to_int(args.max_shard_size)  # a bad size fails before any work
+    if args.local_dir:
+        return push_local(args, configs)
+    token = get_token()
+    if not token:
+        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --local-dir")
+    return push_hub(args, configs, token)
+
+
+def main(argv=None):
+    args = _get_parser().parse_args(argv)
+    configure_logging(args)
+    return run_cli("push", push, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""python -m convert push / infos: the Hub repository layout, the card, dataset_infos.json, round trips."""
+
+import collections
+import json
+import os
+import shutil
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+from conftest import real_types
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
+
+import pannuke_imagemask as pim
+from convert import infos as infos_module
+from convert.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ID = "pathology-lab/pannuke-imagemask"
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf-cache-push"))
+
+
+@pytest.fixture(scope="session")
+def local_repo(tmp_path_factory, kaggle_part1, cache):
+    out = tmp_path_factory.mktemp("hub") / "repo"
+    code = main(
+        ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
+    )
+    assert code == 0
+    return out
+
+
+def _files(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files if ".cache" not in d
+    )
+
+
+def _assert_same_rows(loaded, built):
+    assert list(loaded) == list(built)
+    for split in built:
+        a, b = loaded[split], built[split]
+        assert a.features == b.features
+        assert a["id"] == b["id"]
+        assert a["nuclei"] == b["nuclei"] and a["tissue"] == b["tissue"] and a["index"] == b["index"]
+        for column in ("image", "semantic_mask", "instance_mask"):
+            raw_a = a.cast_column(column, datasets.Image(decode=False))[column]
+            raw_b = b.cast_column(column, datasets.Image(decode=False))[column]
+            assert [x["bytes"] for x in raw_a] == [x["bytes"] for x in raw_b]
+        for x, y in zip(a.select(range(3)), b.select(range(3))):
+            np.testing.assert_array_equal(np.array(x["instance_mask"]), np.array(y["instance_mask"]))
+
+
+def test_local_dir_is_a_hub_repository_layout(local_repo):
+    assert _files(local_repo) == [
+        "README.md",
+        "part1/test-00000-of-00001.parquet",
+        "part1/train-00000-of-00001.parquet",
+        "part1/validation-00000-of-00001.parquet",
+    ]
+
+
+def test_local_dir_loads_with_load_dataset_like_build(local_repo, kaggle_part1, cache, tmp_path):
+    loaded = datasets.load_dataset(str(local_repo), "part1", cache_dir=str(tmp_path / "load"))
+    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+    _assert_same_rows(loaded, built)
+
+
+def test_card_parses_and_documents_every_field(local_repo):
+    card = DatasetCard.load(local_repo / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-nc-sa-4.0"
+    assert data["task_categories"] == ["image-segmentation"]
+    assert {"histopathology", "nuclei", "medical"} <= set(data["tags"])
+    assert data["configs"] == [
+        {
+            "config_name": "part1",
+            "data_files": [
+                {"split": "train", "path": "part1/train-*"},
+                {"split": "validation", "path": "part1/validation-*"},
+                {"split": "test", "path": "part1/test-*"},
+            ],
+            "default": True,
+        }
+    ]
+    info = data["dataset_info"][0]
+    assert info["config_name"] == "part1"
+    assert [(s["name"], s["num_examples"]) for s in info["splits"]] == [("train", 19), ("validation", 4), ("test", 1)]
+    assert datasets.Features._from_yaml_list(info["features"]) == pim.PanNukeImageMask().info.features
+    text = card.text
+    for field in pim.PanNukeImageMask().info.features:
+        assert f"| `{field}` |" in text
+    for value, name in enumerate(["background", "neoplastic", "inflammatory", "connective / soft tissue", "dead"]):
+        assert f"| {value} |" in text and name in text
+    assert ", ".join(pim.TISSUES) in text
+    assert f'load_dataset("{REPO_ID}", "part1")' in text
+    assert "@inproceedings{gamper2019pannuke," in text and "@article{gamper2020pannuke," in text
+    assert "| 3 | fold3 | fold2 | fold1 |" in text
+    assert "$" not in text.replace("$ ", "")  # every template placeholder was filled
+
+
+def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
+    out = tmp_path / "repo"
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, "--all-configs", "--local-dir", str(out)]
+    assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
+    assert sorted(p for p in os.listdir(out)) == ["README.md", "all", "folds", "part1"]
+    assert sorted(os.listdir(out / "folds")) == [
+        "fold1-00000-of-00001.parquet",
+        "fold2-00000-of-00001.parquet",
+        "fold3-00000-of-00001.parquet",
+    ]
+    data = DatasetCard.load(out / "README.md").data.to_dict()
+    assert [c["config_name"] for c in data["configs"]] == ["part1", "all", "folds"]
+    assert [c.get("default", False) for c in data["configs"]] == [True, False, False]
+    loaded = datasets.load_dataset(str(out), "folds", cache_dir=str(tmp_path / "load"))
+    _assert_same_rows(loaded, pim.build("folds", data_dir=three_folds, cache_dir=cache))
+    # Nothing from the project's code goes to the Hub: datasets >= 4 refuses a repo with a script.
+    assert not [f for f in _files(out) if f.endswith(".py")]
+
+
+def test_small_max_shard_size_cuts_shards_like_push_to_hub(kaggle_part1, cache, tmp_path):
+    out = tmp_path / "repo"
+    argv = [
+        "push",
+        "--repo-id",
+        REPO_ID,
+        "--data-dir",
+        kaggle_part1,
+        "--local-dir",
+        str(out),
+        "--max-shard-size",
+        "1MB",
+    ]
+    assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
+    train = sorted(f for f in os.listdir(out / "part1") if f.startswith("train-"))
+    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+    expected = int(built["train"].data.nbytes / 1_000_000) + 1
+    assert expected > 1
+    assert train == [f"train-{i:05d}-of-{expected:05d}.parquet" for i in range(expected)]
+    loaded = datasets.load_dataset(str(out), "part1", cache_dir=str(tmp_path / "load"))
+    assert loaded["train"]["id"] == built["train"]["id"]
+
+
+def test_local_dir_is_not_overwritten_without_force(local_repo, kaggle_part1, cache, capsys):
+    before = {f: (local_repo / f).read_bytes() for f in _files(local_repo)}
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(local_repo)]
+    assert main([*argv, "--cache-dir", cache]) == 1
+    assert capsys.readouterr().err == (
+        f"pannuke-imagemask push: error: {local_repo} exists and is not empty; pass --force to update it\n"
+    )
+    assert {f: (local_repo / f).read_bytes() for f in _files(local_repo)} == before
+
+
+def test_missing_token_fails_in_one_line_before_building(tmp_path, monkeypatch, capsys, kaggle_part1):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr("convert.push.get_token", lambda: None)
+    cache = tmp_path / "cache"
+    assert main(["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--cache-dir", str(cache)]) == 1
+    assert capsys.readouterr().err == (
+        "pannuke-imagemask push: error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, or use --local-dir\n"
+    )
+    assert not cache.exists()
+
+
+# --- the real push_to_hub code path, against a folder ----------------------------------------------
+
+
+class FolderHubApi:
+    """A stand-in for huggingface_hub.HfApi that applies each commit to a local folder laid out as the repo.
+
+    It implements only the calls DatasetDict.push_to_hub and `convert push` make. The repository
+    revision is a counter of commits, so push_to_hub's parent_commit checks see a real history.
+    """
+
+    root = None
+    commits = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    @classmethod
+    def revision(cls):
+        return f"{len(cls.commits):040d}"
+
+    def repo_info(self, repo_id, repo_type=None, revision=None, **kwargs):
+        return SimpleNamespace(id=repo_id, sha=self.revision())
+
+    def create_repo(self, repo_id, **kwargs):
+        os.makedirs(self.root, exist_ok=True)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def preupload_lfs_files(self, repo_id, additions, **kwargs):
+        for addition in additions:
+            assert os.path.exists(addition.path_or_fileobj)
+
+    def create_commit(self, repo_id, operations, commit_message=None, parent_commit=None, **kwargs):
+        assert parent_commit in (None, self.revision())
+        for op in operations:
+            target = os.path.join(self.root, op.path_in_repo)
+            if isinstance(op, CommitOperationAdd):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                source = op.path_or_fileobj
+                if isinstance(source, bytes):
+                    with open(target, "wb") as f:
+                        f.write(source)
+                else:
+                    shutil.copyfile(source, target)
+            elif isinstance(op, CommitOperationDelete):
+                os.remove(target)
+        FolderHubApi.commits.append((commit_message, [op.path_in_repo for op in operations]))
+        return SimpleNamespace(oid=self.revision(), commit_url="folder://" + self.root)
+
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message=None, **kwargs):
+        return self.create_commit(repo_id, [CommitOperationAdd(path_in_repo, path_or_fileobj)], commit_message)
+
+    def hf_hub_download(self, repo_id, filename, **kwargs):
+        path = os.path.join(self.root, filename)
+        if not os.path.exists(path):
+            from huggingface_hub.errors import EntryNotFoundError
+
+            raise EntryNotFoundError(f"{filename} not in the folder repo")
+        return path
+
+
+def folder_hub_file_system(root, repo_id):
+    """A stand-in for HfFileSystem: 'datasets/<repo_id>@<revision>/...' paths resolve into the folder."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    class FolderHubFileSystem(DirFileSystem):
+        def __init__(self, *args, **kwargs):
+            links = os.path.join(os.path.dirname(root), "resolved", "datasets", os.path.dirname(repo_id))
+            os.makedirs(links, exist_ok=True)
+            link = os.path.join(links, f"{os.path.basename(repo_id)}@{FolderHubApi.revision()}")
+            if not os.path.lexists(link):
+                os.symlink(root, link)
+            super().__init__(path=os.path.join(os.path.dirname(root), "resolved"), fs=LocalFileSystem())
+
+    return FolderHubFileSystem
+
+
+def test_push_to_hub_code_path_writes_the_same_repository(local_repo, kaggle_part1, cache, tmp_path, monkeypatch):
+    hub_root = str(tmp_path / "hub" / "repo")
+    monkeypatch.setattr(FolderHubApi, "root", hub_root)
+    monkeypatch.setattr(FolderHubApi, "commits", [])
+    for module in ("datasets.dataset_dict", "datasets.arrow_dataset", "convert.push"):
+        monkeypatch.setattr(f"{module}.HfApi", FolderHubApi)
+    monkeypatch.setattr("datasets.dataset_dict.HfFileSystem", folder_hub_file_system(hub_root, REPO_ID))
+    monkeypatch.setattr("convert.push.get_token", lambda: "hf_test_token_not_real")
+
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--cache-dir", cache, "--private", "--quiet"]
+    assert main(argv) == 0
+    assert _files(hub_root) == _files(local_repo)
+    assert [message for message, _ in FolderHubApi.commits] == [
+        "Upload config part1 (pannuke-imagemask 1.0.0)",
+        "Dataset card (pannuke-imagemask 1.0.0)",
+    ]
+    hub_card = DatasetCard.load(os.path.join(hub_root, "README.md")).data.to_dict()
+    local_card = DatasetCard.load(local_repo / "README.md").data.to_dict()
+    assert hub_card["configs"] == local_card["configs"]
+    assert [s["num_examples"] for s in hub_card["dataset_info"][0]["splits"]] == [19, 4, 1]
+    loaded = datasets.load_dataset(hub_root, "part1", cache_dir=str(tmp_path / "load"))
+    _assert_same_rows(loaded, pim.build("part1", data_dir=kaggle_part1, cache_dir=cache))
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("HF_TOKEN") and os.environ.get("PANNUKE_TEST_REAL_HUB") == "1"),
+    reason="talks to the real Hub: set HF_TOKEN and PANNUKE_TEST_REAL_HUB=1 (and PANNUKE_TEST_REPO=owner/name)",
+)
+def test_real_hub_round_trip(tmp_path):  # pragma: no cover - opt-in, needs network and a token
+    from huggingface_hub import HfApi
+
+    repo_id = os.environ.get("PANNUKE_TEST_REPO", f"{HfApi().whoami()['name']}/pannuke-imagemask-test")
+    cache = str(tmp_path / "cache")
+    try:
+        assert main(["push", "--repo-id", repo_id, "--sample", "--private", "--cache-dir", cache, "--quiet"]) == 0
+        loaded = datasets.load_dataset(repo_id, "part1", cache_dir=str(tmp_path / "load"))
+        from convert.common import sample_dir
+
+        _assert_same_rows(loaded, pim.build("part1", data_dir=sample_dir((1,), cache), cache_dir=cache))
+    finally:
+        HfApi().delete_repo(repo_id, repo_type="dataset", missing_ok=True)
+
+
+# --- dataset_infos.json ---------------------------------------------------------------------------
+
+
+def test_dataset_infos_json_is_up_to_date():
+    assert main(["infos", "--check", "--out", os.path.join(ROOT, "dataset_infos.json")]) == 0
+
+
+def test_dataset_infos_json_holds_the_official_split_sizes():
+    with open(os.path.join(ROOT, "dataset_infos.json")) as f:
+        recorded = json.load(f)
+    sizes = {name: {s: v["num_examples"] for s, v in info["splits"].items()} for name, info in recorded.items()}
+    assert sizes == {
+        "part1": {"train": 2125, "validation": 398, "test": 133},
+        "all": {"train": 6322, "validation": 1186, "test": 393},
+        "folds": {"fold1": 2656, "fold2": 2523, "fold3": 2722},
+    }
+    for name, info in recorded.items():
+        assert datasets.Features.from_dict(info["features"]) == pim.PanNukeImageMask().info.features
+        assert info["config_name"] == name and info["version"]["version_str"] == "1.0.0"
+        assert info["license"] == "CC BY-NC-SA 4.0"
+    assert recorded["part1"]["download_checksums"] == {
+        "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke/fold_1.zip": {
+            "num_bytes": 700275281,
+            "checksum": "6e19ad380300e8ce9480f9ab6a14cc91fa4b6a511609b40e3d70bdf9c881ed0b",
+        }
+    }
+
+
+def test_official_tissue_table_matches_the_real_tissue_lists():
+    for fold in (1, 3):
+        counts = collections.Counter(real_types(fold))
+        assert counts == collections.Counter(infos_module.official_tissues(fold))
+    assert {f: len(infos_module.official_tissues(f)) for f in (1, 2, 3)} == pim.FOLD_SIZES
+
+
+def test_real_fold1_gives_the_recorded_part1_sizes():
+    config = pim.PanNukeImageMask.BUILDER_CONFIGS[0]
+    assert infos_module.split_sizes_for(config, {1: real_types(1)}) == {"train": 2125, "validation": 398, "test": 133}
+
+
+def test_check_data_dir_compares_a_users_split_with_the_recorded_one(kaggle_part1, capsys):
+    out = os.path.join(ROOT, "dataset_infos.json")
+    assert main(["infos", "--check-data-dir", kaggle_part1, "--out", out]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "part1: DIFFERENT {'train': 19, 'validation': 4, 'test': 1}, expected {'train': 2125, 'validation': 398, 'test': 133}",
+        "all: skipped (needs folds 1, 2, 3)",
+        "folds: skipped (needs folds 1, 2, 3)",
+    ]
