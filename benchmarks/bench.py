@@ -197,14 +197,14 @@ def main(argv=None):
             rate("builder_1", "seconds_after_startup"),
             f"{rate('builder_1', 'seconds_after_startup') / rate('bare_loop'):.2f}x bare loop",
         ),
-        ("builder, num_proc=1, whole prepare", "builder_1", rate("builder_1"), "1.00x"),
+        ("builder, num_proc=1, whole prepare", "builder_1", rate("builder_1"), "base for num_proc=2"),
         (
             "builder, num_proc=2, whole prepare",
             "builder_2",
             rate("builder_2"),
             f"{rate('builder_2') / rate('builder_1'):.2f}x num_proc=1",
         ),
-        ("bare export loop: read + convert + 2 PNGs + write", "bare_export", rate("bare_export"), "1.00x"),
+        ("bare export loop: read + convert + 2 PNGs + write", "bare_export", rate("bare_export"), "base for export"),
         (
             "export --num-proc 1, cache warm",
             "export_1",

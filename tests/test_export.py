@@ -127,6 +127,8 @@ def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache
             name = f"fold1_{index:05d}.png"
             with Image.open(out / split / "images" / name) as image:
                 assert image.size == (128, 128) and image.mode == "RGB"
+                lanczos = Image.fromarray(reference_image(images[index])).resize((128, 128), Image.Resampling.LANCZOS)
+                np.testing.assert_array_equal(np.array(image), np.array(lanczos))
             with Image.open(out / split / "masks" / name) as mask:
                 small = np.array(mask)
             native = _expected_mask(style, masks[index])
@@ -201,7 +203,7 @@ def test_jpeg_images_verify_within_tolerance(kaggle_part1, cache, tmp_path):
         assert image.format == "JPEG"
         error = np.abs(np.array(image).astype(int) - reference_image(images[0])).mean()
     assert error < 4.0
-    assert sorted(os.listdir(out / "train" / "masks"))[0] == "fold1_00000.png"
+    assert min(os.listdir(out / "train" / "masks")) == "fold1_00000.png"
     assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
 
 
@@ -217,14 +219,14 @@ def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_pat
     mask = np.array(Image.open(mask_path))
     mask[100, 100] = (255, 0, 255)
     Image.fromarray(mask).save(mask_path)
-    (tree / "valid" / "images" / sorted(os.listdir(tree / "valid" / "images"))[0]).unlink()
+    (tree / "valid" / "images" / min(os.listdir(tree / "valid" / "images"))).unlink()
     (tree / "test" / "images" / "fold1_99999.png").write_bytes(b"rogue")
     lines = (tree / "metadata.csv").read_text().splitlines()
     (tree / "metadata.csv").write_text("\n".join(lines[:-1]) + "\n")
 
     assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
     out, err = capsys.readouterr()
-    missing = sorted(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])[0]
+    missing = min(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])
     assert out.splitlines() == [
         f"valid/images/{missing}.png: missing",
         "test/images/fold1_99999.png: not in the source's splits",
