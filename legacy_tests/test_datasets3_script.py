@@ -49,3 +49,18 @@ def test_script_loads_under_datasets_3(expected, tmp_path):
                 for c in ("image", "semantic_mask", "instance_mask")
             ]
             assert got == want["pixels"], row["id"]
+
+
+def test_dataset_infos_json_guards_the_official_split_sizes(expected, tmp_path):
+    # With the default checks, datasets 3 compares the split sizes with dataset_infos.json: on real
+    # data this proves the split; on the 24-patch fake fold it must refuse.
+    with pytest.raises(datasets.exceptions.NonMatchingSplitsSizesError) as caught:
+        datasets.load_dataset(
+            os.path.join(ROOT, "pannuke_imagemask.py"),
+            "part1",
+            data_dir=os.path.join(FIXTURE, "data"),
+            cache_dir=str(tmp_path / "cache"),
+            trust_remote_code=True,
+        )
+    message = str(caught.value)
+    assert "num_examples=2125" in message and "num_examples=19" in message
