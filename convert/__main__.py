@@ -20,9 +20,12 @@ def main(argv=None):
     if argv[:1] in (["--version"], ["-V"]):
         print(f"pannuke-imagemask {__version__}")
         return 0
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if argv else 2
+        return 0
     if argv[0] not in COMMANDS:
         print(f"pannuke-imagemask: error: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

@@ -111,6 +111,7 @@ def _terminate(signum, frame):
 
 def run_cli(name, function, args):
     """Run a command: exit 0 done, 1 failed (one line on stderr for user errors), 130 interrupted."""
+    configure_logging(args)
     previous = signal.signal(signal.SIGTERM, _terminate)  # clean up on kill as on Ctrl-C
     try:
         return function(args)

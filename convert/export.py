@@ -27,7 +27,6 @@ from convert import __version__
 from convert.common import (
     add_source_arguments,
     build_from_args,
-    configure_logging,
     run_cli,
 )
 
@@ -354,9 +353,7 @@ def export(args):
 
 
 def main(argv=None):
-    args = _get_parser().parse_args(argv)
-    configure_logging(args)
-    return run_cli("export", export, args)
+    return run_cli("export", export, _get_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import datasets
 from datasets.utils.py_utils import asdict
 
 import pannuke_imagemask as pim
-from convert.common import CONFIGS, PROG, configure_logging, run_cli
+from convert.common import CONFIGS, PROG, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ def official_tissues(fold):
     return [tissue for tissue, counts in OFFICIAL_TISSUE_COUNTS.items() for _ in range(counts[fold - 1])]
 
 
-def split_sizes_for(config, tissues_by_fold, seed=pim.DEFAULT_SPLIT_SEED, ratios=pim.DEFAULT_SPLIT_RATIOS):
-    """{split: patches} that a config gives for these tissue lists, by the builder's own split function."""
+def split_sizes_for(config, tissues_by_fold):
+    """{split: patches} a config gives for these tissue lists with the default split, by the builder's function."""
     if config.split_by_fold:
         return {f"fold{fold}": len(tissues_by_fold[fold]) for fold in config.folds}
-    members = pim.assign_splits({fold: tissues_by_fold[fold] for fold in config.folds}, seed, ratios)
+    members = pim.assign_splits({fold: tissues_by_fold[fold] for fold in config.folds})
     return {split: len(items) for split, items in members.items() if items}
 
 
@@ -101,8 +101,8 @@ def render():
     return json.dumps(dataset_infos(), indent=4) + "\n"
 
 
-def check_data_dir(data_dir, path, seed, ratios):
-    """Lines comparing the split sizes of the data in data_dir with those recorded in path."""
+def check_data_dir(data_dir, path):
+    """(all equal, lines) comparing the default split sizes of the data in data_dir with those in path."""
     with open(path) as f:
         recorded = json.load(f)
     lines, ok = [], True
@@ -116,7 +116,7 @@ def check_data_dir(data_dir, path, seed, ratios):
         for fold in config.folds:
             if fold not in available:
                 available[fold] = pim.check_fold(files[fold])
-        got = split_sizes_for(config, available, seed, ratios)
+        got = split_sizes_for(config, available)
         want = {name: s["num_examples"] for name, s in recorded[config.name]["splits"].items()}
         same = got == want
         ok &= same
@@ -131,14 +131,13 @@ def _get_parser():
     parser.add_argument("--out", default=DEFAULT_PATH, help="where to write (default: dataset_infos.json of the repo)")
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
     parser.add_argument("--check-data-dir", metavar="DIR", help="compare the split sizes of your folds with --out")
-    parser.add_argument("--split-seed", type=int, default=pim.DEFAULT_SPLIT_SEED, help="with --check-data-dir")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
 def infos(args):
     if args.check_data_dir:
-        ok, lines = check_data_dir(args.check_data_dir, args.out, args.split_seed, pim.DEFAULT_SPLIT_RATIOS)
+        ok, lines = check_data_dir(args.check_data_dir, args.out)
         print("\n".join(lines))
         return 0 if ok else 1
     text = render()
@@ -156,9 +155,7 @@ def infos(args):
 
 
 def main(argv=None):
-    args = _get_parser().parse_args(argv)
-    configure_logging(args)
-    return run_cli("infos", infos, args)
+    return run_cli("infos", infos, _get_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

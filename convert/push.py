@@ -21,7 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 import pannuke_imagemask as pim
 from convert import __version__
-from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, configure_logging, run_cli
+from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,7 @@ def push(args):
 
 
 def main(argv=None):
-    args = _get_parser().parse_args(argv)
-    configure_logging(args)
-    return run_cli("push", push, args)
+    return run_cli("push", push, _get_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
