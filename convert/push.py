@@ -83,14 +83,19 @@ def _split_tables(metadata):
     lines = []
     for info in metadata["dataset_info"]:
         splits = info.get("splits", [])
-        lines.append(
-            f"| `{info['config_name']}` | " + " | ".join(f"{s['name']}: {s['num_examples']}" for s in splits) + " |"
-        )
+        sizes = ", ".join(f"{s['name']} {s['num_examples']}" for s in splits)
+        lines.append(f"| `{info['config_name']}` | {sizes} |")
     return "| config | splits (patches) |\n| --- | --- |\n" + "\n".join(lines)
 
 
-def render_card(repo_id, metadata, split_seed, split_ratios):
-    """The dataset card: YAML metadata, then the body from card_template.md."""
+SAMPLE_NOTICE = (
+    "> **This repository holds the built-in FAKE sample of pannuke-imagemask: synthetic patches in the PanNuke "
+    "format, not PanNuke data.** Use it to try the format, never to train or evaluate.\n\n"
+)
+
+
+def render_card(repo_id, metadata, split_seed, split_ratios, sample=False):
+    """The dataset card: YAML metadata, then the body from card_template.md (and a notice for the fake sample)."""
     template = string.Template(resources.files("convert").joinpath("card_template.md").read_text())
     names = [entry["config_name"] for entry in metadata["configs"]]
     body = template.substitute(
@@ -105,6 +110,10 @@ def render_card(repo_id, metadata, split_seed, split_ratios):
         homepage=pim._HOMEPAGE,
         citation=pim._CITATION,
     )
+    if sample:
+        metadata = {**metadata, "size_categories": ["n<1K"], "tags": [*metadata["tags"], "synthetic"]}
+        title, rest = body.split("\n", 1)
+        body = f"{title}\n\n{SAMPLE_NOTICE}{rest.lstrip()}"
     header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
     return f"---\n{header}---\n\n{body}"
 
@@ -142,7 +151,9 @@ def push_local(args, configs):
             built[config] = dataset_dict
         card_path = os.path.join(local_dir, "README.md")
         existing = _read_card_yaml(card_path) if os.path.exists(card_path) else None
-        card = render_card(args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios)
+        card = render_card(
+            args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios, sample=args.sample
+        )
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
         os.makedirs(local_dir, exist_ok=True)
@@ -177,7 +188,9 @@ def push_hub(args, configs, token):
         existing = _read_card_yaml(card_file)
     except EntryNotFoundError:
         existing = None
-    card = render_card(args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios)
+    card = render_card(
+        args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios, sample=args.sample
+    )
     api.upload_file(
         path_or_fileobj=card.encode(),
         path_in_repo="README.md",

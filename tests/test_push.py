@@ -103,6 +103,22 @@ def test_card_parses_and_documents_every_field(local_repo):
     assert "@inproceedings{gamper2019pannuke," in text and "@article{gamper2020pannuke," in text
     assert "| 3 | fold3 | fold2 | fold1 |" in text
     assert "$" not in text.replace("$ ", "")  # every template placeholder was filled
+    assert "| `part1` | train 19, validation 4, test 1 |" in text
+    assert "FAKE" not in text
+
+
+def test_a_pushed_sample_says_it_is_fake(tmp_path):
+    out = tmp_path / "repo"
+    cache = str(tmp_path / "cache")
+    assert (
+        main(["push", "--repo-id", REPO_ID, "--sample", "--local-dir", str(out), "--cache-dir", cache, "--quiet"]) == 0
+    )
+    card = DatasetCard.load(out / "README.md")
+    assert card.text.lstrip().startswith(
+        "# PanNuke: images, semantic masks, instance masks and nuclei\n\n> **This repository"
+    )
+    assert "FAKE sample" in card.text
+    assert card.data.to_dict()["size_categories"] == ["n<1K"] and "synthetic" in card.data.to_dict()["tags"]
 
 
 def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
