@@ -571,6 +571,20 @@ def _shards(items, files, tissues):
     return shards
 
 
+def _format_error_behind(exc):
+    """The message of the PanNukeFormatError that datasets wrapped, raised here or in a worker process."""
+    while exc is not None:
+        if isinstance(exc, PanNukeFormatError):
+            return str(exc)
+        # With num_proc > 1 the worker's exception arrives only as the text of its traceback.
+        remote = getattr(exc, "tb", None)
+        found = re.findall(r"^[\w.]*PanNukeFormatError: (.+)$", remote, re.MULTILINE) if isinstance(remote, str) else []
+        if found:
+            return found[-1]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _is_default(config, key, value):
     default = getattr(config, key, object())
     if isinstance(default, tuple) and isinstance(value, list):
@@ -588,8 +602,8 @@ def build(config_name="part1", data_dir=None, cache_dir=None, num_proc=None, **c
     try:
         builder.download_and_prepare(num_proc=num_proc)
     except datasets.exceptions.DatasetGenerationError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, PanNukeFormatError):
-            raise PanNukeFormatError(str(cause)) from exc
-        raise
+        error = _format_error_behind(exc)
+        if error is None:
+            raise
+        raise PanNukeFormatError(error) from exc
     return builder.as_dataset()

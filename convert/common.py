@@ -118,10 +118,6 @@ def run_cli(name, function, args):
     except KeyboardInterrupt:
         print(f"{PROG} {name}: interrupted; no partial output was left", file=sys.stderr)
         return 130
-    except datasets.exceptions.DatasetGenerationError as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, USER_ERRORS) else exc
-        print(f"{PROG} {name}: error: {one_line(cause)}", file=sys.stderr)
-        return 1
     except USER_ERRORS as exc:
         print(f"{PROG} {name}: error: {one_line(exc)}", file=sys.stderr)
         return 1

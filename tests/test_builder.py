@@ -431,6 +431,18 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(case, writable_fold,
     assert _arrow_files(cache) == []
 
 
+@pytest.mark.parametrize("case", ["image above 255", "mask non-integer"])
+def test_bad_patch_found_by_a_worker_process_gives_the_same_error(case, writable_fold, tmp_path, monkeypatch):
+    monkeypatch.setattr(pim, "SHARD_PATCHES", 4)
+    corrupt, error, template = BAD_INPUTS[case]
+    paths = fold_paths(str(writable_fold), 1, "kaggle")
+    corrupt(paths)
+    with pytest.raises(error) as caught:
+        pim.build("part1", data_dir=str(writable_fold), cache_dir=str(tmp_path / "cache"), num_proc=2)
+    assert str(caught.value) == template.format(**paths)
+    assert _arrow_files(tmp_path / "cache") == []
+
+
 # --- the download path, over a real HTTP server on 127.0.0.1 --------------------------------------
 
 

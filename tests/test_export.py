@@ -368,3 +368,13 @@ def test_help_documents_every_option_with_its_default(capsys):
     for default in ("(default: part1)", "(default: 0)", "(default: color)", "(default: png)", "(default: 256)"):
         assert default in text
     assert "(default: [0.8, 0.15, 0.05])" in text and "(default: 1)" in text
+
+
+def test_split_seed_and_ratios_reach_the_tree(kaggle_part1, cache, tmp_path):
+    out = tmp_path / "seeded"
+    assert _export(out, kaggle_part1, cache, "--split-seed", "7", "--split-ratios", "0.5", "0.25", "0.25") == 0
+    for split, members in _expected_splits(7, (0.5, 0.25, 0.25)).items():
+        assert sorted(os.listdir(out / split / "masks")) == sorted(f"fold1_{i:05d}.png" for _, i in members)
+    manifest = json.loads((out / "export.json").read_text())
+    assert (manifest["split_seed"], manifest["split_ratios"]) == (7, [0.5, 0.25, 0.25])
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
