@@ -521,12 +521,14 @@ class PanNukeImageMask(datasets.GeneratorBasedBuilder):
         for fold in self.config.folds:
             _, size, sha256 = DOWNLOADS[fold]
             path = archives[str(fold)]
+            # The bad file stays in the download cache, so say where: it must go before a retry.
+            retry = f"(saved as {path}; delete it to download again)"
             actual_size = os.path.getsize(path)
             if actual_size != size:
-                raise PanNukeFormatError(f"{urls[str(fold)]}: downloaded {actual_size} bytes, expected {size}")
+                raise PanNukeFormatError(f"{urls[str(fold)]}: {actual_size} bytes, expected {size} {retry}")
             actual_sha = _sha256(path)
             if actual_sha != sha256:
-                raise PanNukeFormatError(f"{urls[str(fold)]}: SHA-256 {actual_sha}, expected {sha256}")
+                raise PanNukeFormatError(f"{urls[str(fold)]}: SHA-256 {actual_sha}, expected {sha256} {retry}")
         extracted = dl_manager.extract(archives)
         return [extracted[str(fold)] for fold in self.config.folds]
 

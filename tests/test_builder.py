@@ -279,6 +279,12 @@ def test_streaming_equals_prepared(kaggle_part1, tmp_path):
         assert [r["id"] for r in rows] == prepared[split]["id"]
 
 
+def test_streaming_needs_a_local_data_dir(tmp_path):
+    builder = pim.PanNukeImageMask(config_name="part1", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(NotImplementedError, match="^streaming reads local folds only: pass data_dir="):
+        builder.as_streaming_dataset()
+
+
 # --- finding the files ---------------------------------------------------------------------------
 
 
@@ -487,6 +493,13 @@ def test_download_verify_extract_and_build(http_mirror, tmp_path, monkeypatch):
     _assert_examples_equal_reference(downloaded["validation"], raw_fold(str(tree), 1, "official"))
 
 
+def test_download_of_the_wrong_size_is_refused(http_mirror, tmp_path, monkeypatch):
+    url, _, (name, size, sha) = http_mirror
+    monkeypatch.setitem(pim.DOWNLOADS, 1, (name, size + 1, sha))
+    with pytest.raises(pim.PanNukeFormatError, match=re.escape(f"{url}/fold_1.zip: {size} bytes, expected {size + 1}")):
+        pim.build("part1", cache_dir=str(tmp_path / "cache"), base_url=url)
+
+
 def test_download_with_a_wrong_checksum_is_refused(http_mirror, tmp_path, monkeypatch):
     url, _, (name, size, _) = http_mirror
     monkeypatch.setitem(pim.DOWNLOADS, 1, (name, size, "0" * 64))
@@ -494,7 +507,10 @@ def test_download_with_a_wrong_checksum_is_refused(http_mirror, tmp_path, monkey
     with pytest.raises(pim.PanNukeFormatError) as caught:
         pim.build("part1", cache_dir=str(cache), base_url=url + "/")
     sha = hashlib.sha256((tmp_path / "served" / name).read_bytes()).hexdigest()
-    assert str(caught.value) == f"{url}/fold_1.zip: SHA-256 {sha}, expected {'0' * 64}"
+    message = str(caught.value)
+    assert message.startswith(f"{url}/fold_1.zip: SHA-256 {sha}, expected {'0' * 64} (saved as {cache}")
+    saved = re.search(r"\(saved as (.+); delete it to download again\)$", message).group(1)
+    assert hashlib.sha256(Path(saved).read_bytes()).hexdigest() == sha
     assert _arrow_files(cache) == []
 
 
