@@ -122,11 +122,11 @@ def relative_paths(split, patch_id, image_format):
     return (f"{folder}/images/{patch_id}.{image_format}", f"{folder}/masks/{patch_id}.png")
 
 
-def metadata_row(split, row, image_format, tissue_names):
+def metadata_row(split, row, image_format):
     counts = np.bincount([n["label"] for n in row["nuclei"]], minlength=len(pim.NUCLEUS_CLASSES))
     image_path, mask_path = relative_paths(split, row["id"], image_format)
     return (
-        [split_dir(split), row["id"], row["fold"], row["index"], tissue_names[row["tissue"]]]
+        [split_dir(split), row["id"], row["fold"], row["index"], pim.TISSUES[row["tissue"]]]
         + counts.tolist()
         + [int(counts.sum()), image_path, mask_path]
     )
@@ -143,16 +143,15 @@ def undecoded(dataset):
 _WORKER = {}
 
 
-def _init_worker(dataset_dict, options, root):
+def _init_worker(state):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must end workers quietly
-    _WORKER.update(dataset_dict=dataset_dict, options=options, root=root)
+    _WORKER.update(state)
 
 
 def _export_task(task):
     split, start, stop = task
     dataset, options, root = _WORKER["dataset_dict"][split], _WORKER["options"], _WORKER["root"]
-    tissue_names = pim.TISSUES
     rows = dataset[start:stop]
     records = []
     for k in range(stop - start):
@@ -163,8 +162,19 @@ def _export_task(task):
             f.write(image_bytes)
         with open(os.path.join(root, mask_path), "wb") as f:
             f.write(mask_bytes)
-        records.append(metadata_row(split, row, options["image_format"], tissue_names))
+        records.append(metadata_row(split, row, options["image_format"]))
     return records
+
+
+def _run_tasks(tasks, num_proc, state):
+    """Each task's metadata rows, in task order, from this process or a pool of num_proc workers."""
+    if num_proc <= 1:
+        _WORKER.update(state)
+        yield from map(_export_task, tasks)
+        return
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with context.Pool(num_proc, _init_worker, (state,)) as pool:
+        yield from pool.imap(_export_task, tasks)
 
 
 def write_tree(dataset_dict, options, root, num_proc=1):
@@ -175,21 +185,15 @@ def write_tree(dataset_dict, options, root, num_proc=1):
         for sub in ("images", "masks"):
             os.makedirs(os.path.join(root, split_dir(split), sub), exist_ok=True)
         tasks += [(split, s, min(s + TASK_PATCHES, dataset.num_rows)) for s in range(0, dataset.num_rows, TASK_PATCHES)]
-    total = sum(ds.num_rows for ds in dataset_dict.values())
-    results = {}
-    with tqdm(total=total, unit="patch", desc="Exporting", disable=None) as bar:
-        if num_proc <= 1:
-            _WORKER.update(dataset_dict=dataset_dict, options=options, root=root)
-            for task in tasks:
-                results[task] = _export_task(task)
-                bar.update(task[2] - task[1])
-        else:
-            context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-            with context.Pool(num_proc, _init_worker, (dataset_dict, options, root)) as pool:
-                for task, records in zip(tasks, pool.imap(_export_task, tasks)):
-                    results[task] = records
-                    bar.update(task[2] - task[1])
-    return [record for task in tasks for record in results[task]]
+    state = {"dataset_dict": dataset_dict, "options": options, "root": root}
+    records = []
+    with tqdm(
+        total=sum(ds.num_rows for ds in dataset_dict.values()), unit="patch", desc="Exporting", disable=None
+    ) as bar:
+        for (_, start, stop), chunk in zip(tasks, _run_tasks(tasks, num_proc, state)):
+            records.extend(chunk)
+            bar.update(stop - start)
+    return records
 
 
 def write_metadata(root, records):

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import pannuke_imagemask as pim
 from convert.common import PROG, build_from_args, run_cli
 from convert.export import (
     METADATA_COLUMNS,
@@ -98,7 +97,7 @@ def verify_tree(root, dataset_dict, manifest):
     with tqdm(total=total, unit="patch", desc="Verifying", disable=None) as bar:
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
-                expected_records.append(metadata_row(split, row, options["image_format"], pim.TISSUES))
+                expected_records.append(metadata_row(split, row, options["image_format"]))
                 image_bytes, mask_bytes = export_patch(row, options)
                 image_path, mask_path = relative_paths(split, row["id"], options["image_format"])
                 if image_path in actual_files:
