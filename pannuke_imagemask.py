@@ -73,7 +73,7 @@ DEFAULT_SPLIT_SEED = 0
 
 MAX_ID = 65535  # instance ids must fit the 16-bit PNG
 PNG_COMPRESS_LEVEL = 1  # lossless at any level; the fastest zlib level, as encoding dominates the cost
-SHARD_PATCHES = 64  # patches per gen_kwargs shard: the unit handed to each process with num_proc
+SHARD_PATCHES = 16  # patches per gen_kwargs shard: small, so that num_proc jobs get even shares of every split
 
 _FOLD_NAME = re.compile(r"^(?:part|fold)[ _-]?([123])$", re.IGNORECASE)
 _FILE_NAMES = ("images.npy", "masks.npy", "types.npy")
