@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from convert.common import PROG, build_from_args, run_cli
+from convert.common import PROG, build_from_args, run_cli, source_of
 from convert.export import (
     METADATA_COLUMNS,
     NATIVE_SIZE,
@@ -159,7 +159,7 @@ def verify(args):
     except json.JSONDecodeError as exc:
         raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from None
     if args.data_dir or args.sample:
-        source = {"data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "sample": args.sample}
+        source = source_of(args)
     else:
         source = manifest["source"]
     options = SimpleNamespace(
