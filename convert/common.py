@@ -77,9 +77,9 @@ def source_of(args):
     return {"data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "sample": bool(args.sample)}
 
 
-def build_from_args(args, source=None):
+def build_from_args(args):
     """Build the DatasetDict the options ask for; returns (dataset_dict, source)."""
-    source = source or source_of(args)
+    source = source_of(args)
     if args.num_proc < 1:
         raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
     config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)

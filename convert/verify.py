@@ -19,7 +19,6 @@ from tqdm import tqdm
 from convert.common import PROG, build_from_args, run_cli, source_of
 from convert.export import (
     METADATA_COLUMNS,
-    NATIVE_SIZE,
     export_patch,
     metadata_row,
     read_metadata,
@@ -31,6 +30,7 @@ from convert.export import (
 
 logger = logging.getLogger(__name__)
 
+MANIFEST_KEYS = ("source", "config", "split_seed", "split_ratios", "mask_style", "image_format", "size")
 JPEG_TOLERANCE = 4.0  # mean |difference| per channel value; quality-95 4:4:4 JPEG of noisy fake patches: ~3.2
 
 
@@ -158,22 +158,19 @@ def verify(args):
         raise FileNotFoundError(f"{manifest_path}: not found; is {args.dir} a tree written by export?") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if args.data_dir or args.sample:
-        source = source_of(args)
-    else:
-        source = manifest["source"]
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{manifest_path}: missing {', '.join(missing)}; is {args.dir} a tree written by export?")
+    source = source_of(args) if args.data_dir or args.sample else manifest["source"]
     options = SimpleNamespace(
         config=manifest["config"],
         split_seed=manifest["split_seed"],
         split_ratios=manifest["split_ratios"],
         num_proc=args.num_proc,
         cache_dir=args.cache_dir,
-        sample=source["sample"],
-        data_dir=source["data_dir"],
+        **source,
     )
-    if manifest.get("size", NATIVE_SIZE) < 1:
-        raise ValueError(f"{manifest_path}: size {manifest['size']} is not a positive number of pixels")
-    dataset_dict, _ = build_from_args(options, source)
+    dataset_dict, _ = build_from_args(options)
     problems = verify_tree(args.dir, dataset_dict, manifest)
     for problem in problems:
         print(problem)

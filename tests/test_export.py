@@ -378,3 +378,17 @@ def test_split_seed_and_ratios_reach_the_tree(kaggle_part1, cache, tmp_path):
     manifest = json.loads((out / "export.json").read_text())
     assert (manifest["split_seed"], manifest["split_ratios"]) == (7, [0.5, 0.25, 0.25])
     assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_verify_refuses_a_folder_that_is_not_an_export(tmp_path, capsys):
+    assert main(["verify", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 1
+    manifest = tmp_path / "export.json"
+    assert capsys.readouterr().err == (
+        f"pannuke-imagemask verify: error: {manifest}: not found; is {tmp_path} a tree written by export?\n"
+    )
+    manifest.write_text('{"config": "part1"}')
+    assert main(["verify", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == (
+        f"pannuke-imagemask verify: error: {manifest}: missing source, split_seed, split_ratios, mask_style, "
+        f"image_format, size; is {tmp_path} a tree written by export?\n"
+    )
