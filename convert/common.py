@@ -1,5 +1,6 @@
 """What the commands share: the source and split options, the built-in sample, error reporting."""
 
+import contextlib
 import logging
 import os
 import shutil
@@ -57,18 +58,42 @@ def configure_logging(args):
         datasets.disable_progress_bars()
 
 
+def refuse_non_empty(path, force, verb):
+    """Refuse a file, or a non-empty folder without --force, at path; one line says which."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if os.path.isdir(path) and os.listdir(path) and not force:
+        raise FileExistsError(f"{path} exists and is not empty; pass --force to {verb} it")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staging_dir(target):
+    """A new hidden folder beside target (so renames into place are atomic), removed on exit unless moved."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".incomplete", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; what is moved out of it should not be
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def sample_dir(folds, cache_dir=None):
     """The built-in sample's folder, written once (atomically) and reused: it is deterministic."""
     base = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "pannuke_imagemask_sample")
     target = os.path.join(base, f"v{pim.PanNukeImageMask.VERSION}-{SAMPLE_PATCHES}-folds{''.join(map(str, folds))}")
     if not os.path.isdir(target):
-        os.makedirs(base, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".sample.", dir=base)
-        write_sample(tmp, folds=folds)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # written meanwhile by another process: theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        with staging_dir(target) as tmp:
+            write_sample(tmp, folds=folds)
+            with contextlib.suppress(OSError):  # written meanwhile by another process: theirs is identical
+                os.rename(tmp, target)
     return target
 
 

@@ -24,11 +24,7 @@ from tqdm import tqdm
 
 import pannuke_imagemask as pim
 from convert import __version__
-from convert.common import (
-    add_source_arguments,
-    build_from_args,
-    run_cli,
-)
+from convert.common import add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -274,14 +270,6 @@ def write_samples(root, dataset_dict, count=4):
     plt.close(figure)
 
 
-def check_target(out, force):
-    """Refuse a non-empty --out without --force; say so in one line."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"{out} exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-
-
 def replace_tree(tmp, out):
     """Move the complete tree at tmp to out; the old tree at out is removed only after that."""
     old = None
@@ -291,12 +279,6 @@ def replace_tree(tmp, out):
     os.rename(tmp, out)
     if old:
         shutil.rmtree(old)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _get_parser():
@@ -318,14 +300,10 @@ def export(args):
     if args.size < 1:
         raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
     out = os.path.abspath(args.out)
-    check_target(out, args.force)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
+    refuse_non_empty(out, args.force, "replace")
     dataset_dict, source = build_from_args(args)
     options = {"mask_style": args.mask_style, "image_format": args.image_format, "size": args.size}
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".incomplete", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the tree should not be
-    try:
+    with staging_dir(out) as tmp:
         records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc)
         write_metadata(tmp, records)
         manifest = {
@@ -347,11 +325,8 @@ def export(args):
             f.write("\n")
         write_statistics(tmp, records)
         write_samples(tmp, dataset_dict)
-        check_target(out, args.force)  # someone may have written there while we worked
+        refuse_non_empty(out, args.force, "replace")  # someone may have written there while we worked
         replace_tree(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %d patches to %s", len(records), out)
     return 0
 

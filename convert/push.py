@@ -11,7 +11,6 @@ import os
 import shutil
 import string
 import sys
-import tempfile
 from importlib import resources
 
 import datasets
@@ -21,7 +20,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 import pannuke_imagemask as pim
 from convert import __version__
-from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, run_cli
+from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +136,8 @@ def _read_card_yaml(path):
 
 def push_local(args, configs):
     local_dir = os.path.abspath(args.local_dir)
-    if os.path.isdir(local_dir) and os.listdir(local_dir) and not args.force:
-        raise FileExistsError(f"{local_dir} exists and is not empty; pass --force to update it")
-    os.makedirs(os.path.dirname(local_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(local_dir)}.", suffix=".incomplete", dir=os.path.dirname(local_dir)
-    )
-    try:
+    refuse_non_empty(local_dir, args.force, "update")
+    with staging_dir(local_dir) as tmp:
         built = {}
         for config in configs:
             dataset_dict, _ = build_from_args(_with_config(args, config))
@@ -162,8 +156,6 @@ def push_local(args, configs):
             if os.path.isdir(destination):
                 shutil.rmtree(destination)
             os.replace(os.path.join(tmp, name), destination)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %s (%s) to %s", args.repo_id, ", ".join(configs), local_dir)
     return 0
 

@@ -314,6 +314,16 @@ def test_fold_without_a_name_is_told_by_its_patch_count(tmp_path):
         pim.find_folds([str(root)], (1,))
 
 
+def test_an_unnamed_folder_of_unknown_size_is_ignored(tmp_path, caplog):
+    write_fold(str(tmp_path), 1, 2, "kaggle")
+    stray = fold_paths(str(tmp_path / "other"), 9, "kaggle-flat")
+    write_fold(str(tmp_path / "other"), 2, 3, "kaggle-flat")
+    assert pim.find_folds([str(tmp_path)], (1,)) == {1: fold_paths(str(tmp_path), 1, "kaggle")}
+    assert caplog.messages == [
+        f"{stray['images']}: ignored: no Part N / Fold N folder name, and 3 patches match no official fold size"
+    ]
+
+
 def test_missing_fold_names_the_layout(kaggle_part1):
     message = (
         f"{kaggle_part1}: fold 2 not found; expected, per fold, images.npy, masks.npy and types.npy as unpacked "
