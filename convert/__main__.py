@@ -10,7 +10,7 @@ Commands (each has --help):
 import importlib
 import sys
 
-from convert import __version__
+from . import __version__
 
 COMMANDS = ("export", "verify", "push", "infos")
 
@@ -29,7 +29,7 @@ def main(argv=None):
     if argv[0] not in COMMANDS:
         print(f"pannuke-imagemask: error: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"convert.{argv[0]}")
+    module = importlib.import_module(f".{argv[0]}", __package__)
     return module.main(argv[1:])
 
 

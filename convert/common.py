@@ -11,7 +11,7 @@ import tempfile
 import datasets
 
 import pannuke_imagemask as pim
-from convert.sample import SAMPLE_PATCHES, write_sample
+from .sample import SAMPLE_PATCHES, write_sample
 
 PROG = "pannuke-imagemask"
 CONFIGS = [config.name for config in pim.PanNukeImageMask.BUILDER_CONFIGS]
@@ -54,6 +54,7 @@ def add_source_arguments(parser, several_configs=False):
 def configure_logging(args):
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    datasets.logging.disable_propagation()  # it prints through a handler of its own: otherwise every line twice
     if getattr(args, "quiet", False):
         datasets.disable_progress_bars()
 
@@ -132,6 +133,22 @@ def one_line(exc):
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt
+
+
+def _default_sigterm_in_child():
+    """After a fork: a worker must die on SIGTERM, not run the parent's clean-up handler.
+
+    Pools (datasets' inside download_and_prepare, the export's own) end their workers with SIGTERM. A
+    worker that inherited _terminate raises KeyboardInterrupt instead, possibly while holding the task
+    queue's lock, and the next worker then waits for that lock forever: the whole command hangs. Resetting
+    in the child right after the fork, before any Python code of the worker runs, closes that window.
+    """
+    if signal.getsignal(signal.SIGTERM) is _terminate:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 def run_cli(name, function, args):

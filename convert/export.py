@@ -23,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import pannuke_imagemask as pim
-from convert import __version__
-from convert.common import add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
+from . import __version__
+from .common import add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
 
 logger = logging.getLogger(__name__)
 

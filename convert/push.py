@@ -19,8 +19,8 @@ from huggingface_hub import DatasetCard, HfApi, get_token
 from huggingface_hub.errors import EntryNotFoundError
 
 import pannuke_imagemask as pim
-from convert import __version__
-from convert.common import CONFIGS, PROG, add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
+from . import __version__
+from .common import CONFIGS, PROG, add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ SAMPLE_NOTICE = (
 
 def render_card(repo_id, metadata, split_seed, split_ratios, sample=False):
     """The dataset card: YAML metadata, then the body from card_template.md (and a notice for the fake sample)."""
-    template = string.Template(resources.files("convert").joinpath("card_template.md").read_text())
+    template = string.Template(resources.files(__package__).joinpath("card_template.md").read_text())
     names = [entry["config_name"] for entry in metadata["configs"]]
     body = template.substitute(
         repo_id=repo_id,

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from convert.common import PROG, build_from_args, run_cli, source_of
-from convert.export import (
+from .common import PROG, build_from_args, run_cli, source_of
+from .export import (
     METADATA_COLUMNS,
     export_patch,
     metadata_row,

@@ -1,0 +1,38 @@
+"""A non-editable install: the console script works from any folder and no generic `convert` package is installed."""
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_install_has_a_unique_import_name_and_a_working_console_script(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = str(env_dir / "bin" / "python")
+    # From a copy: setuptools builds in the source folder. --no-deps: --help needs none of them.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = {"cwd": elsewhere, "capture_output": True, "text": True, "timeout": 60}
+
+    helped = subprocess.run([str(env_dir / "bin" / "pannuke-imagemask"), "--help"], **run)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("pannuke-imagemask: export PanNuke")
+
+    probe = "import importlib.util as u; print(u.find_spec('convert') is None, u.find_spec('pannuke_convert') is not None)"
+    found = subprocess.run([python, "-c", probe], **run)
+    assert found.stdout.split() == ["True", "True"]
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **run)
+    installed = sorted(name for name in os.listdir(site.stdout.strip()) if not name.endswith(".dist-info") and name != "__pycache__")
+    assert installed == ["pannuke_convert", "pannuke_imagemask.py"]

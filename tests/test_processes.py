@@ -1,0 +1,87 @@
+"""Commands with worker processes end, every time: forked children never run the CLI's SIGTERM handler."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from convert import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT = 90  # a run takes about 4 s here; a hung run never ends
+
+
+def _forked_child_sigterm():
+    """The SIGTERM disposition a child forked by this process starts with."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"default" if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else b"inherited")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_a_child_forked_during_a_command_has_the_default_sigterm():
+    seen = {}
+
+    def command(args):
+        seen["parent"] = signal.getsignal(signal.SIGTERM)
+        seen["child"] = _forked_child_sigterm()
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert common.run_cli("test", command, type("Args", (), {"quiet": True})()) == 0
+    assert seen == {"parent": common._terminate, "child": "default"}
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_pool_worker_of_datasets_has_the_default_sigterm():
+    # datasets' num_proc pool is multiprocess (dill), forked like ours: its workers must die on terminate().
+    import multiprocess
+
+    def command(args):
+        with multiprocess.get_context("fork").Pool(2) as pool:
+            return sorted(pool.map(lambda _: signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, range(4)))
+
+    assert common.run_cli("test", command, type("Args", (), {"quiet": True})()) == [True, True, True, True]
+
+
+@pytest.fixture(scope="module")
+def small_fold(tmp_path_factory):
+    from convert.sample import write_fold
+
+    root = tmp_path_factory.mktemp("hang")
+    write_fold(str(root), 1, 24, "kaggle")
+    return str(root)
+
+
+def _run(arguments, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "convert", *arguments], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: python -m convert {' '.join(arguments)} did not end within {RUN_TIMEOUT} s")
+
+
+# Before the fix, 1 run in 8 of `export --num-proc 2` on this 24-patch fold hung in Pool.terminate().
+@pytest.mark.parametrize("command", ["export"] * 5 + ["push"] * 2)
+def test_commands_with_two_processes_always_end(command, small_fold, tmp_path):
+    cache = str(tmp_path / "cache")  # a fresh cache: the builder's pool runs every time
+    if command == "export":
+        arguments = ["export", "--data-dir", small_fold, "--out", str(tmp_path / "out")]
+        made = tmp_path / "out" / "export.json"
+    else:
+        arguments = ["push", "--repo-id", "lab/pannuke", "--data-dir", small_fold, "--local-dir", str(tmp_path / "r")]
+        made = tmp_path / "r" / "README.md"
+    result = _run([*arguments, "--num-proc", "2", "--cache-dir", cache, "--quiet"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert made.is_file()
