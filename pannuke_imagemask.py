@@ -38,7 +38,7 @@ _CITATION = """\
 _DESCRIPTION = """\
 PanNuke: 7,901 H&E patches of 256x256 pixels at 40x from 19 tissues, with every nucleus segmented and
 classified as neoplastic, inflammatory, connective/soft tissue, dead or epithelial. Each example holds
-the RGB image, a semantic mask (0 background, 1..5 nucleus class), a 16-bit instance mask (0 background,
+the RGB image, a semantic mask (palette PNG: 0 background, 1..5 nucleus class), a 16-bit instance mask (0 background,
 1..K nuclei), per-nucleus class, area and bounding box, the tissue type, and the source fold and row.
 """
 
@@ -66,6 +66,21 @@ TISSUES = [
 # Mask channels 0..4 in order; channel 5 is background and is not trusted (all zero on some void patches).
 NUCLEUS_CLASSES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 NUM_CLASS_CHANNELS = len(NUCLEUS_CLASSES)
+
+# Colours of the semantic classes (index 0 background, 1..5 the classes above), RGB as seen on screen. The
+# semantic mask is a palette PNG with these colours: the Hub's dataset viewer shows it in colour (it cannot
+# re-encode a palette image as JPEG), while its pixel values stay the class indices.
+CLASS_COLORS = np.array(
+    [
+        (0, 0, 0),  # background
+        (0, 255, 0),  # neoplastic
+        (0, 0, 255),  # inflammatory
+        (255, 0, 0),  # connective
+        (0, 255, 255),  # dead
+        (255, 255, 0),  # epithelial
+    ],
+    dtype=np.uint8,
+)
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_RATIOS = (0.80, 0.15, 0.05)
@@ -225,11 +240,19 @@ def ids_to_labels(ids):
     return semantic, instance, nuclei
 
 
-def encode_png(array):
-    """Lossless PNG bytes of a uint8 (H, W) / (H, W, 3) or uint16 (H, W) array."""
+def encode_png(array, palette=None):
+    """Lossless PNG bytes of a uint8 (H, W) / (H, W, 3) or uint16 (H, W) array; with a palette, a `P` image."""
+    image = Image.fromarray(array)
+    if palette is not None:
+        image.putpalette(palette.tobytes())  # L becomes P: the indices stay, the palette only colours them
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def encode_semantic_png(semantic):
+    """The semantic mask as written everywhere: a palette PNG whose indices are the classes 0..5."""
+    return encode_png(semantic, palette=CLASS_COLORS)
 
 
 def patch_id(fold, index):
@@ -432,7 +455,7 @@ class PanNukeImageMaskConfig(datasets.BuilderConfig):
 class PanNukeImageMask(datasets.GeneratorBasedBuilder):
     """PanNuke read from the raw npy folds, one patch at a time."""
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1.0: semantic_mask is a palette PNG (README, "What changed")
     BUILDER_CONFIG_CLASS = PanNukeImageMaskConfig
     BUILDER_CONFIGS: ClassVar[list] = [
         PanNukeImageMaskConfig(
@@ -545,7 +568,7 @@ class PanNukeImageMask(datasets.GeneratorBasedBuilder):
                     {
                         "id": key,
                         "image": {"path": None, "bytes": encode_png(image)},
-                        "semantic_mask": {"path": None, "bytes": encode_png(semantic)},
+                        "semantic_mask": {"path": None, "bytes": encode_semantic_png(semantic)},
                         "instance_mask": {"path": None, "bytes": encode_png(instance)},
                         "nuclei": nuclei,
                         "tissue": tissue,

@@ -37,18 +37,7 @@ TASK_PATCHES = 32  # patches per task handed to a worker: small enough for a smo
 # Seed project's folder names: validation is "valid"; the folds config keeps fold1..fold3.
 SPLIT_DIRS = {"train": "train", "validation": "valid", "test": "test"}
 
-# RGB as it appears on screen, index = semantic class (0 background, 1..5 nucleus classes).
-COLORS = np.array(
-    [
-        (0, 0, 0),  # background
-        (0, 255, 0),  # neoplastic
-        (0, 0, 255),  # inflammatory
-        (255, 0, 0),  # connective
-        (0, 255, 255),  # dead
-        (255, 255, 0),  # epithelial
-    ],
-    dtype=np.uint8,
-)
+COLORS = pim.CLASS_COLORS  # RGB as it appears on screen, index = semantic class
 
 METADATA_COLUMNS = (
     ["split", "id", "fold", "index", "tissue"]
@@ -110,7 +99,7 @@ def export_patch(row, options):
     semantic = np.array(Image.open(io.BytesIO(row["semantic_mask"]["bytes"])))
     instance = np.array(Image.open(io.BytesIO(row["instance_mask"]["bytes"]))) if style == "instance" else None
     mask = resize_mask(render_mask(semantic, instance, style), size)
-    return image_bytes, pim.encode_png(mask)
+    return image_bytes, pim.encode_semantic_png(mask) if style == "semantic" else pim.encode_png(mask)
 
 
 def relative_paths(split, patch_id, image_format):

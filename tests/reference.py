@@ -11,6 +11,17 @@ import numpy as np
 
 SPLIT_NAMES = ("train", "validation", "test")
 
+# The semantic palette of the spec, written out here: background black, then neoplastic, inflammatory,
+# connective, dead, epithelial.
+PALETTE = [(0, 0, 0), (0, 255, 0), (0, 0, 255), (255, 0, 0), (0, 255, 255), (255, 255, 0)]
+
+
+def palette_of(image):
+    """The colours of a P image's palette, in index order."""
+    mode, data = image.palette.getdata()
+    assert mode == "RGB"
+    return [tuple(data[k : k + 3]) for k in range(0, len(data), 3)]
+
 
 def reference_split(tissues_by_fold, seed, ratios):
     """{split: set of (fold, index)} by the README's rule."""

@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, real_types
-from reference import reference_image, reference_labels, reference_split
+from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
 from convert.sample import EMPTY_ROW, VOID_ROW, fake_tissues, fold_paths, write_fold
@@ -49,7 +49,7 @@ def test_features_are_the_spec():
         }
     )
     assert builder.config.name == "part1"
-    assert str(builder.VERSION) == "1.0.0"
+    assert str(builder.VERSION) == "1.1.0"
     assert builder.info.license == "CC BY-NC-SA 4.0"
 
 
@@ -142,7 +142,8 @@ def _assert_examples_equal_reference(ds, raw):
         assert example["image"].mode == "RGB" and image.dtype == np.uint8
         np.testing.assert_array_equal(image, reference_image(images[index]))
         semantic, instance, nuclei = reference_labels(np.asarray(masks[index]))
-        assert example["semantic_mask"].mode == "L"
+        assert example["semantic_mask"].mode == "P"
+        assert palette_of(example["semantic_mask"]) == PALETTE
         np.testing.assert_array_equal(np.array(example["semantic_mask"]), semantic)
         assert example["instance_mask"].mode == "I;16"
         got = np.array(example["instance_mask"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import PART1_PATCHES, raw_fold
 from PIL import Image
-from reference import reference_image, reference_labels, reference_split
+from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 
 from convert import __version__
 from convert.__main__ import main
@@ -104,7 +104,7 @@ def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tr
         assert image.getpixel((0, 0)) == (0, 255, 0)
 
 
-@pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
+@pytest.mark.parametrize("style, mode", [("semantic", "P"), ("binary", "L"), ("instance", "I;16")])
 def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, cache, tmp_path):
     out = tmp_path / style
     assert _export(out, kaggle_part1, cache, "--mask-style", style) == 0
@@ -113,11 +113,13 @@ def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, ca
         for _, index in members:
             with Image.open(out / split / "masks" / f"fold1_{index:05d}.png") as mask:
                 assert mask.mode == mode
+                if mode == "P":
+                    assert palette_of(mask) == PALETTE
                 np.testing.assert_array_equal(np.array(mask), _expected_mask(style, masks[index]))
     assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("style", ["color", "instance"])
+@pytest.mark.parametrize("style", ["color", "semantic", "instance"])
 def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache, tmp_path):
     out = tmp_path / "small"
     assert _export(out, kaggle_part1, cache, "--size", "128", "--mask-style", style) == 0
@@ -131,6 +133,8 @@ def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache
                 np.testing.assert_array_equal(np.array(image), np.array(lanczos))
             with Image.open(out / split / "masks" / name) as mask:
                 small = np.array(mask)
+                if style == "semantic":  # the same palette PNG as the builder's, at any size
+                    assert mask.mode == "P" and palette_of(mask) == PALETTE
             native = _expected_mask(style, masks[index])
             # Halving by nearest neighbour samples the centre of each 2x2 block: rows and columns 1, 3, 5, ...
             np.testing.assert_array_equal(small, native[1::2, 1::2])
@@ -166,7 +170,7 @@ def test_export_json_records_every_option(color_tree, kaggle_part1):
     assert manifest == {
         "tool": "pannuke-imagemask",
         "version": __version__,
-        "builder_version": "1.0.0",
+        "builder_version": "1.1.0",
         "source": {"data_dir": os.path.abspath(kaggle_part1), "sample": False},
         "config": "part1",
         "split_seed": 0,
