@@ -330,7 +330,7 @@ def test_dataset_infos_json_holds_the_official_split_sizes():
     }
     for name, info in recorded.items():
         assert datasets.Features.from_dict(info["features"]) == pim.PanNukeImageMask().info.features
-        assert info["config_name"] == name and info["version"]["version_str"] == "1.0.0"
+        assert info["config_name"] == name and info["version"]["version_str"] == "1.1.0"
         assert info["license"] == "CC BY-NC-SA 4.0"
     assert recorded["part1"]["download_checksums"] == {
         "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke/fold_1.zip": {
