@@ -1,6 +1,7 @@
 """What the commands share: the source and split options, the built-in sample, error reporting."""
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -67,6 +68,45 @@ def refuse_non_empty(path, force, verb):
         raise FileExistsError(f"{path} exists and is not empty; pass --force to {verb} it")
 
 
+BLOCK = 4096  # a file takes whole filesystem blocks
+REPORTS_BYTES = 8 << 20  # metadata.csv, export.json, the pictures: a few MB at most
+
+
+class NotEnoughSpaceError(OSError):
+    """The target filesystem has less free space than the output needs."""
+
+
+def disk_bytes(file_sizes):
+    """Bytes that files of these sizes take on disk: each rounded up to whole blocks, plus the reports."""
+    return sum(-(-int(size) // BLOCK) * BLOCK for size in file_sizes) + REPORTS_BYTES
+
+
+def _human(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def check_free_space(target, needed):
+    """Refuse, before writing anything, an output of `needed` bytes that the target's filesystem cannot hold."""
+    probe = target
+    while not os.path.isdir(probe):
+        probe = os.path.dirname(probe) or "."
+    free = shutil.disk_usage(probe).free
+    if needed <= free:
+        return
+    replacing = os.path.isdir(target) and os.listdir(target)
+    also = (
+        "; with --force the old tree stays until the new one is complete, so there must be room for both"
+        if replacing
+        else ""
+    )
+    raise NotEnoughSpaceError(
+        errno.ENOSPC, f"{target}: not enough free space: needs about {_human(needed)}, {_human(free)} available{also}"
+    )
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -128,6 +168,14 @@ def build_from_args(args):
 
 
 def one_line(exc):
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, NotEnoughSpaceError):
+        # Ran out while writing (estimate too low, or another writer): the staging folder is gone by now.
+        return (
+            f"no space left on the device while writing {os.path.basename(str(exc.filename or 'the output'))}; "
+            "nothing partial was left and any previous output is unchanged"
+        )
+    if isinstance(exc, OSError) and exc.filename is None and exc.strerror and len(exc.args) == 2:
+        return " ".join(exc.strerror.split())
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
