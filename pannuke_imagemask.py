@@ -283,6 +283,12 @@ def _fold_root(path):
     return parent
 
 
+def _some(paths, shown=3):
+    """A few paths for a one-line message, and how many more there are."""
+    rest = len(paths) - shown
+    return ", ".join(paths[:shown]) + (f" and {rest} more" if rest > 0 else "")
+
+
 def read_npy_header(path):
     """(shape, dtype) of an .npy file, checked to be complete; raises PanNukeFormatError."""
     try:
@@ -317,10 +323,16 @@ def find_folds(roots, folds):
     nearest folder named Part N / Fold N / foldN / fold_N, or else from the patch count.
     """
     found = {}  # group key -> {file name: [paths]}
+    visited = set()  # (device, inode) of every folder walked: symlinks are followed, but a cycle is not
     for root in roots:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: no such folder; {EXPECTED_LAYOUT}")
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            status = os.stat(dirpath)
+            if (status.st_dev, status.st_ino) in visited:
+                dirnames[:] = []
+                continue
+            visited.add((status.st_dev, status.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__MACOSX")))
             for name in sorted(filenames):
                 if name.lower() not in _FILE_NAMES:
@@ -334,7 +346,7 @@ def find_folds(roots, folds):
     for key, files in sorted(found.items(), key=lambda item: str(item[0])):
         for name, paths in files.items():
             if len(paths) > 1:
-                raise PanNukeFormatError(f"{name} found {len(paths)} times for one fold: {', '.join(paths)}")
+                raise PanNukeFormatError(f"{name} found {len(paths)} times for one fold: {_some(paths)}")
         if isinstance(key, int):
             fold = key
         elif "images.npy" in files:

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import os
 import re
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -339,8 +340,41 @@ def test_missing_fold_names_the_layout(kaggle_part1):
 def test_the_same_fold_twice_is_ambiguous(tmp_path):
     write_fold(str(tmp_path / "a"), 1, 2, "kaggle")
     write_fold(str(tmp_path / "b"), 1, 2, "official")
-    with pytest.raises(pim.PanNukeFormatError, match=r"found 2 times for one fold"):
+    with pytest.raises(pim.PanNukeFormatError) as error:
         pim.find_folds([str(tmp_path)], (1,))
+    assert str(error.value) == (
+        f"images.npy found 2 times for one fold: {tmp_path}/a/Part 1/Images/images.npy, "
+        f"{tmp_path}/b/Fold 1/images/fold1/images.npy"
+    )
+
+
+def test_many_copies_are_named_in_one_short_line(tmp_path):
+    for copy in range(6):
+        write_fold(str(tmp_path / f"copy{copy}"), 1, 2, "kaggle")
+    with pytest.raises(pim.PanNukeFormatError) as error:
+        pim.find_folds([str(tmp_path)], (1,))
+    assert str(error.value) == (
+        f"images.npy found 6 times for one fold: {tmp_path}/copy0/Part 1/Images/images.npy, "
+        f"{tmp_path}/copy1/Part 1/Images/images.npy, {tmp_path}/copy2/Part 1/Images/images.npy and 3 more"
+    )
+
+
+def test_a_symlink_cycle_is_walked_once(kaggle_part1, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(kaggle_part1, "Part 1"), data / "Part 1")
+    os.symlink("..", data / "Part 1" / "up")  # D/Part 1/up -> D: a cycle
+    os.symlink(data / "Part 1" / "Masks", tmp_path / "masks-link")
+    (data / "elsewhere").symlink_to(tmp_path / "masks-link")  # a link to a link to a folder already walked
+    expected = {
+        "images": str(data / "Part 1" / "Images" / "images.npy"),
+        "masks": str(data / "Part 1" / "Masks" / "masks.npy"),
+        "types": str(data / "Part 1" / "Images" / "types.npy"),
+    }
+    assert pim.find_folds([str(data)], (1,)) == {1: expected}
+    built = pim.build("part1", data_dir=str(data), cache_dir=str(tmp_path / "cache"))
+    plain = pim.build("part1", data_dir=kaggle_part1, cache_dir=str(tmp_path / "cache"))
+    assert {s: d["id"] for s, d in built.items()} == {s: d["id"] for s, d in plain.items()}
+    assert built["train"]["nuclei"] == plain["train"]["nuclei"]
 
 
 # --- bad input: one clear message, nothing written -----------------------------------------------
