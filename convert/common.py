@@ -12,6 +12,7 @@ import tempfile
 import datasets
 
 import pannuke_imagemask as pim
+
 from .sample import SAMPLE_PATCHES, write_sample
 
 PROG = "pannuke-imagemask"

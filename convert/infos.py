@@ -15,6 +15,7 @@ import datasets
 from datasets.utils.py_utils import asdict
 
 import pannuke_imagemask as pim
+
 from .common import CONFIGS, PROG, run_cli
 
 logger = logging.getLogger(__name__)

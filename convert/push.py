@@ -19,6 +19,7 @@ from huggingface_hub import DatasetCard, HfApi, get_token
 from huggingface_hub.errors import EntryNotFoundError
 
 import pannuke_imagemask as pim
+
 from . import __version__
 from .common import CONFIGS, PROG, add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
 

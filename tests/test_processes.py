@@ -65,7 +65,12 @@ def _run(arguments, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     try:
         return subprocess.run(
-            [sys.executable, "-m", "convert", *arguments], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+            [sys.executable, "-m", "convert", *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"hung: python -m convert {' '.join(arguments)} did not end within {RUN_TIMEOUT} s")
