@@ -24,16 +24,16 @@ def test_install_has_a_unique_import_name_and_a_working_console_script(tmp_path)
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run = {"cwd": elsewhere, "capture_output": True, "text": True, "timeout": 60, "check": False}
+    run = {"cwd": elsewhere, "capture_output": True, "text": True, "timeout": 60}
 
-    helped = subprocess.run([str(env_dir / "bin" / "pannuke-imagemask"), "--help"], **run)
+    helped = subprocess.run([str(env_dir / "bin" / "pannuke-imagemask"), "--help"], check=False, **run)
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith("pannuke-imagemask: export PanNuke")
 
     probe = "import importlib.util as u; print(u.find_spec('convert') is None, u.find_spec('pannuke_convert') is None)"
-    found = subprocess.run([python, "-c", probe], **run)
+    found = subprocess.run([python, "-c", probe], check=False, **run)
     assert found.stdout.split() == ["True", "False"]
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **run)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=False, **run)
     installed = sorted(
         name for name in os.listdir(site.stdout.strip()) if not name.endswith(".dist-info") and name != "__pycache__"
     )
