@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import socket
 from fractions import Fraction
 from typing import ClassVar
 
@@ -103,6 +104,10 @@ EXPECTED_LAYOUT = (
 
 class PanNukeFormatError(ValueError):
     """The raw PanNuke files are missing, ambiguous or not in the expected format."""
+
+
+class PanNukeDownloadError(ConnectionError):
+    """The official zips (or a mirror's) could not be downloaded."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +445,43 @@ def open_fold(files):
     return images, masks
 
 
+def files_fingerprint(files_by_fold):
+    """A digest of the path, size and modification time of every raw file used: the cache is tied to it."""
+    digest = hashlib.sha256()
+    for fold in sorted(files_by_fold):
+        for name in sorted(files_by_fold[fold]):
+            path = os.path.abspath(files_by_fold[fold][name])
+            status = os.stat(path)
+            digest.update(f"{fold}/{name}/{path}/{status.st_size}/{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def download_failure(url, exc):
+    """A one-line PanNukeDownloadError for a download that failed: the URL, the cause, the ways forward."""
+    cause = "unknown error"
+    while exc is not None:
+        status = getattr(exc, "status", None)
+        if isinstance(status, int) and status >= 400:  # aiohttp's ClientResponseError, requests' HTTPError
+            cause = f"HTTP {status} {getattr(exc, 'message', '') or ''}".strip()
+            break
+        if isinstance(exc, ConnectionRefusedError):
+            cause = "connection refused"
+            break
+        if isinstance(exc, socket.gaierror):
+            cause = f"host not found ({exc.strerror or exc})"
+            break
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            cause = "timed out"
+            break
+        if str(exc) and str(exc) != url:
+            cause = " ".join(str(exc).split())
+        exc = exc.__cause__ or exc.__context__
+    return PanNukeDownloadError(
+        f"{url}: download failed: {cause}; use a mirror ({BASE_URL_ENV} or the config's base_url), or download "
+        "the zips by hand, unpack them and pass their folder as --data-dir (data_dir=)"
+    )
+
+
 def _sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -462,6 +504,22 @@ class PanNukeImageMaskConfig(datasets.BuilderConfig):
     split_ratios: tuple = DEFAULT_SPLIT_RATIOS
     split_seed: int = DEFAULT_SPLIT_SEED
     base_url: str = None
+
+    def create_config_id(self, config_kwargs, custom_features=None):
+        """datasets' id (the cache folder), tied to the raw files: a changed fold is prepared again.
+
+        datasets keys the cache on the config kwargs, and data_dir is only a path: a fold replaced under the
+        same path would silently give the old examples. Files that cannot be found add nothing here; the
+        error comes when the split generators look for them.
+        """
+        config_id = super().create_config_id(config_kwargs, custom_features)
+        if not self.data_dir:
+            return config_id  # downloads are checked against their size and SHA-256
+        try:
+            files = find_folds([os.path.expanduser(self.data_dir)], self.folds)
+        except (OSError, ValueError):
+            return config_id
+        return f"{config_id}-raw{files_fingerprint(files)[:16]}"
 
 
 class PanNukeImageMask(datasets.GeneratorBasedBuilder):
@@ -552,7 +610,11 @@ class PanNukeImageMask(datasets.GeneratorBasedBuilder):
             )
         base_url = (self.config.base_url or os.environ.get(BASE_URL_ENV) or BASE_URL).rstrip("/")
         urls = {str(fold): f"{base_url}/{DOWNLOADS[fold][0]}" for fold in self.config.folds}
-        archives = dl_manager.download(urls)
+        try:
+            archives = dl_manager.download(urls)
+        except (OSError, ValueError) as exc:
+            failed = next((url for url in urls.values() if url in str(exc)), ", ".join(urls.values()))
+            raise download_failure(failed, exc) from exc
         for fold in self.config.folds:
             _, size, sha256 = DOWNLOADS[fold]
             path = archives[str(fold)]

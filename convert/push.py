@@ -6,26 +6,43 @@ script is never uploaded: datasets >= 4 refuses repositories that hold one.
 """
 
 import argparse
+import collections
+import json
 import logging
 import os
 import shutil
 import string
 import sys
+import tempfile
 from importlib import resources
 
 import datasets
+import numpy as np
 import yaml
-from huggingface_hub import DatasetCard, HfApi, get_token
+from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, get_token
 from huggingface_hub.errors import EntryNotFoundError
 
 import pannuke_imagemask as pim
 
 from . import __version__
-from .common import CONFIGS, PROG, add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
+from .common import (
+    CONFIGS,
+    PROG,
+    add_source_arguments,
+    build_from_args,
+    check_free_space,
+    disk_bytes,
+    refuse_non_empty,
+    run_cli,
+    staging_dir,
+)
+from .export import write_samples
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_SIZE = "500MB"
+ID2LABEL = "id2label.json"
+PREVIEW = "preview.png"
 CARD_FIELDS = {
     "license": "cc-by-nc-sa-4.0",
     "task_categories": ["image-segmentation"],
@@ -79,6 +96,64 @@ def card_metadata(built, existing=None):
     return {**CARD_FIELDS, "configs": config_list, "dataset_info": [infos[name] for name in order if name in infos]}
 
 
+def id2label():
+    """transformers' id2label: the semantic_mask values and their names."""
+    return {"0": "background", **{str(k + 1): name for k, name in enumerate(pim.NUCLEUS_CLASSES)}}
+
+
+def split_statistics(dataset):
+    """(nuclei per class, patches per tissue, patches without nuclei) of one split, counted from its rows."""
+    nuclei = [0] * len(pim.NUCLEUS_CLASSES)
+    empty = 0
+    for patch in dataset.select_columns(["nuclei"]).with_format("arrow").iter(batch_size=1000):
+        lengths = patch["nuclei"].combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+        empty += int((lengths == 0).sum())
+        labels = patch["nuclei"].combine_chunks().flatten().field("label").to_numpy(zero_copy_only=False)
+        for label, count in zip(*np.unique(labels, return_counts=True)):
+            nuclei[int(label)] += int(count)
+    tissues = collections.Counter(pim.TISSUES[t] for t in dataset["tissue"])
+    return nuclei, tissues, empty
+
+
+def statistics_tables(built):
+    """Markdown tables, per config being pushed: nuclei per class, patches per tissue, patches without nuclei."""
+    sections = []
+    for config, dataset_dict in built.items():
+        splits = list(dataset_dict)
+        stats = {split: split_statistics(ds) for split, ds in dataset_dict.items()}
+        head = "| | " + " | ".join(f"`{s}`" for s in splits) + " |\n| --- |" + " ---: |" * len(splits)
+        classes = [
+            f"| {name} | " + " | ".join(f"{stats[s][0][k]:,}" for s in splits) + " |"
+            for k, name in enumerate(pim.NUCLEUS_CLASSES)
+        ]
+        classes.append("| **all nuclei** | " + " | ".join(f"{sum(stats[s][0]):,}" for s in splits) + " |")
+        empty = "| patches without nuclei | " + " | ".join(
+            f"{stats[s][2]:,} of {dataset_dict[s].num_rows:,} ({100 * stats[s][2] / dataset_dict[s].num_rows:.1f}%)"
+            for s in splits
+        ) + " |"
+        tissues = [
+            f"| {tissue} | " + " | ".join(f"{stats[s][1].get(tissue, 0):,}" for s in splits) + " |"
+            for tissue in pim.TISSUES
+        ]
+        sections.append(
+            f"Config `{config}`, nuclei per class (after the overlap rule) and patches without nuclei:\n\n"
+            + "\n".join([head, *classes, empty])
+            + f"\n\nConfig `{config}`, patches per tissue:\n\n"
+            + "\n".join([head, *tissues])
+        )
+    return "\n\n".join(sections)
+
+
+def write_extras(folder, built):
+    """id2label.json and the preview picture (the export's samples montage) at the repository root."""
+    with open(os.path.join(folder, ID2LABEL), "w") as f:
+        json.dump(id2label(), f, indent=2)
+        f.write("\n")
+    first = next(iter(built.values()))
+    write_samples(folder, first)
+    os.replace(os.path.join(folder, "samples.png"), os.path.join(folder, PREVIEW))
+
+
 def _split_tables(metadata):
     lines = []
     for info in metadata["dataset_info"]:
@@ -94,7 +169,7 @@ SAMPLE_NOTICE = (
 )
 
 
-def render_card(repo_id, metadata, split_seed, split_ratios, sample=False):
+def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built=None):
     """The dataset card: YAML metadata, then the body from card_template.md (and a notice for the fake sample)."""
     template = string.Template(resources.files(__package__).joinpath("card_template.md").read_text())
     names = [entry["config_name"] for entry in metadata["configs"]]
@@ -105,6 +180,9 @@ def render_card(repo_id, metadata, split_seed, split_ratios, sample=False):
         default_config=names[0],
         tissue_list=", ".join(pim.TISSUES),
         split_tables=_split_tables(metadata),
+        statistics=statistics_tables(built or {}) or "(not counted in this push)",
+        id2label=ID2LABEL,
+        preview=PREVIEW,
         split_seed=split_seed,
         split_ratios=", ".join(str(r) for r in split_ratios),
         homepage=pim._HOMEPAGE,
@@ -138,19 +216,25 @@ def _read_card_yaml(path):
 def push_local(args, configs):
     local_dir = os.path.abspath(args.local_dir)
     refuse_non_empty(local_dir, args.force, "update")
+    built = {config: build_from_args(_with_config(args, config))[0] for config in configs}
+    # Parquet of already-compressed PNG bytes takes about what the Arrow tables take.
+    check_free_space(local_dir, disk_bytes(ds.data.nbytes for dd in built.values() for ds in dd.values()))
     with staging_dir(local_dir) as tmp:
-        built = {}
-        for config in configs:
-            dataset_dict, _ = build_from_args(_with_config(args, config))
+        for config, dataset_dict in built.items():
             write_local_shards(dataset_dict, config, tmp, args.max_shard_size)
-            built[config] = dataset_dict
         card_path = os.path.join(local_dir, "README.md")
         existing = _read_card_yaml(card_path) if os.path.exists(card_path) else None
         card = render_card(
-            args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios, sample=args.sample
+            args.repo_id,
+            card_metadata(built, existing),
+            args.split_seed,
+            args.split_ratios,
+            sample=args.sample,
+            built=built,
         )
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
+        write_extras(tmp, built)
         os.makedirs(local_dir, exist_ok=True)
         for name in sorted(os.listdir(tmp)):  # config folders and the card replace theirs; others stay
             destination = os.path.join(local_dir, name)
@@ -182,15 +266,24 @@ def push_hub(args, configs, token):
     except EntryNotFoundError:
         existing = None
     card = render_card(
-        args.repo_id, card_metadata(built, existing), args.split_seed, args.split_ratios, sample=args.sample
+        args.repo_id,
+        card_metadata(built, existing),
+        args.split_seed,
+        args.split_ratios,
+        sample=args.sample,
+        built=built,
     )
-    api.upload_file(
-        path_or_fileobj=card.encode(),
-        path_in_repo="README.md",
-        repo_id=args.repo_id,
-        repo_type="dataset",
-        commit_message=f"Dataset card (pannuke-imagemask {__version__})",
-    )
+    with tempfile.TemporaryDirectory() as extras:
+        write_extras(extras, built)
+        operations = [CommitOperationAdd("README.md", card.encode())] + [
+            CommitOperationAdd(name, os.path.join(extras, name)) for name in (ID2LABEL, PREVIEW)
+        ]
+        api.create_commit(
+            repo_id=args.repo_id,
+            repo_type="dataset",
+            operations=operations,
+            commit_message=f"Dataset card, {ID2LABEL} and {PREVIEW} (pannuke-imagemask {__version__})",
+        )
     logger.info("pushed %s (%s)", args.repo_id, ", ".join(configs))
     return 0
 

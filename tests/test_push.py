@@ -3,15 +3,20 @@
 import collections
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import ClassVar
 
 import datasets
 import numpy as np
 import pytest
-from conftest import real_types
+from conftest import raw_fold, real_types
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
+from PIL import Image
+from reference import PALETTE, palette_of, reference_labels, reference_split
 
 import pannuke_imagemask as pim
 from convert import infos as infos_module
@@ -60,9 +65,11 @@ def _assert_same_rows(loaded, built):
 def test_local_dir_is_a_hub_repository_layout(local_repo):
     assert _files(local_repo) == [
         "README.md",
+        "id2label.json",
         "part1/test-00000-of-00001.parquet",
         "part1/train-00000-of-00001.parquet",
         "part1/validation-00000-of-00001.parquet",
+        "preview.png",
     ]
 
 
@@ -107,6 +114,112 @@ def test_card_parses_and_documents_every_field(local_repo):
     assert "FAKE" not in text
 
 
+def test_id2label_json_holds_the_semantic_values(local_repo):
+    assert json.loads((local_repo / "id2label.json").read_text()) == {
+        "0": "background",
+        "1": "neoplastic",
+        "2": "inflammatory",
+        "3": "connective",
+        "4": "dead",
+        "5": "epithelial",
+    }
+
+
+def test_preview_is_the_samples_montage_and_the_card_shows_it(local_repo):
+    with Image.open(local_repo / "preview.png") as preview:
+        assert preview.format == "PNG" and preview.size[0] > 256
+    assert "![Samples: image, colour mask, overlay](preview.png)" in (local_repo / "README.md").read_text()
+
+
+def test_semantic_mask_through_load_dataset_is_a_palette_of_class_indices(local_repo, kaggle_part1, tmp_path):
+    loaded = datasets.load_dataset(str(local_repo), "part1", cache_dir=str(tmp_path / "load"))
+    _, masks, _ = raw_fold(kaggle_part1)
+    for split in loaded.values():
+        for example in split:
+            assert example["semantic_mask"].mode == "P" and palette_of(example["semantic_mask"]) == PALETTE
+            expected = reference_labels(np.asarray(masks[example["index"]]))[0]
+            np.testing.assert_array_equal(np.asarray(example["semantic_mask"]), expected)
+    as_numpy = loaded["train"].with_format("numpy")[0]["semantic_mask"]
+    np.testing.assert_array_equal(as_numpy, reference_labels(np.asarray(masks[loaded["train"][0]["index"]]))[0])
+
+
+def _table_rows(text, heading):
+    """{first cell: [other cells]} of the markdown table right after a line starting with heading."""
+    lines = text.split("\n")
+    start = next(k for k, line in enumerate(lines) if line.startswith(heading)) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_card_statistics_are_counted_from_the_pushed_data(local_repo, kaggle_part1):
+    text = (local_repo / "README.md").read_text()
+    _, masks, tissues = raw_fold(kaggle_part1)
+    members = reference_split({1: tissues}, 0, (0.8, 0.15, 0.05))
+    splits = ["train", "validation", "test"]
+    nuclei = {s: collections.Counter() for s in splits}
+    empty = collections.Counter()
+    for split in splits:
+        for _, index in members[split]:
+            found = reference_labels(np.asarray(masks[index]))[2]
+            nuclei[split].update(n["label"] for n in found)
+            empty[split] += not found
+    classes = _table_rows(text, "Config `part1`, nuclei per class")
+    assert classes[""] == ["`train`", "`validation`", "`test`"]
+    for label, name in enumerate(["neoplastic", "inflammatory", "connective", "dead", "epithelial"]):
+        assert classes[name] == [f"{nuclei[s][label]:,}" for s in splits]
+    assert classes["**all nuclei**"] == [f"{sum(nuclei[s].values()):,}" for s in splits]
+    sizes = {s: len(members[s]) for s in splits}
+    assert classes["patches without nuclei"] == [
+        f"{empty[s]:,} of {sizes[s]:,} ({100 * empty[s] / sizes[s]:.1f}%)" for s in splits
+    ]
+    assert sum(empty.values()) == 2  # the void and the empty fake patch
+    per_tissue = _table_rows(text, "Config `part1`, patches per tissue")
+    for tissue in pim.TISSUES:
+        assert per_tissue[tissue] == [str(sum(tissues[i] == tissue for _, i in members[s])) for s in splits]
+    assert "about 0.25 µm per pixel" in text and "40×" in text
+    assert "never with `.convert(...)`" in text
+
+
+def _python_blocks(text):
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+def _run_blocks(blocks, replacements, tmp_path):
+    """Run each code block in a fresh interpreter, with the Hub replaced by local folders."""
+    # hf_hub_download's stand-in: a local folder laid out like the Hub repository.
+    preamble = (
+        "import os, huggingface_hub\n"
+        "huggingface_hub.hf_hub_download = lambda repo_id, filename, **kw: os.path.join(repo_id, filename)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    for block in blocks:
+        for old, new in replacements.items():
+            block = block.replace(old, new)
+        result = subprocess.run(
+            [sys.executable, "-c", preamble + block], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
+
+
+def test_every_code_block_of_the_card_runs_against_the_local_repository(local_repo, tmp_path):
+    blocks = _python_blocks((local_repo / "README.md").read_text())
+    assert len(blocks) == 3  # load it; transformers; DataLoader
+    assert 'rename_column("semantic_mask", "label")' in blocks[1] and "collate_fn=collate" in blocks[2]
+    _run_blocks(blocks, {REPO_ID: str(local_repo)}, tmp_path)
+
+
+def test_every_code_block_of_the_readme_runs(local_repo, three_folds, tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = _python_blocks(f.read())
+    assert len(blocks) >= 2
+    _run_blocks(blocks, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)
+
+
 def test_a_pushed_sample_says_it_is_fake(tmp_path):
     out = tmp_path / "repo"
     cache = str(tmp_path / "cache")
@@ -125,7 +238,7 @@ def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
     out = tmp_path / "repo"
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, "--all-configs", "--local-dir", str(out)]
     assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
-    assert sorted(p for p in os.listdir(out)) == ["README.md", "all", "folds", "part1"]
+    assert sorted(os.listdir(out)) == ["README.md", "all", "folds", "id2label.json", "part1", "preview.png"]
     assert sorted(os.listdir(out / "folds")) == [
         "fold1-00000-of-00001.parquet",
         "fold2-00000-of-00001.parquet",
@@ -283,7 +396,7 @@ def test_push_to_hub_code_path_writes_the_same_repository(local_repo, kaggle_par
     assert _files(hub_root) == _files(local_repo)
     assert [message for message, _ in FolderHubApi.commits] == [
         "Upload config part1 (pannuke-imagemask 1.1.0)",
-        "Dataset card (pannuke-imagemask 1.1.0)",
+        "Dataset card, id2label.json and preview.png (pannuke-imagemask 1.1.0)",
     ]
     hub_card = DatasetCard.load(os.path.join(hub_root, "README.md")).data.to_dict()
     local_card = DatasetCard.load(local_repo / "README.md").data.to_dict()
@@ -361,3 +474,17 @@ def test_check_data_dir_compares_a_users_split_with_the_recorded_one(kaggle_part
         "all: skipped (needs folds 1, 2, 3)",
         "folds: skipped (needs folds 1, 2, 3)",
     ]
+
+
+def test_local_dir_without_room_is_refused_before_writing(kaggle_part1, cache, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "repo"
+    monkeypatch.setattr("convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000))
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf"pannuke-imagemask push: error: {re.escape(str(out))}: not enough free space: needs about [0-9.]+ MB, "
+        r"1.0 KB available\n",
+        err,
+    ), err
+    assert sorted(os.listdir(tmp_path)) == []
