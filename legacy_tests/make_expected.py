@@ -13,6 +13,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import pannuke_imagemask as pim
+from convert.__main__ import main as cli
 from convert.infos import legacy_features
 from convert.sample import write_fold
 
@@ -20,7 +21,9 @@ PATCHES = 24
 
 
 def pixels_digest(image):
-    return hashlib.sha256(image.mode.encode() + np.array(image).tobytes()).hexdigest()
+    """Mode, palette (of the semantic mask) and pixel values."""
+    palette = bytes(image.palette.getdata()[1]) if image.mode == "P" else b""
+    return hashlib.sha256(image.mode.encode() + palette + np.array(image).tobytes()).hexdigest()
 
 
 def main(out):
@@ -43,6 +46,10 @@ def main(out):
             for split, ds in built.items()
         },
     }
+    # The Hub repository as `push` writes it, for datasets 3 users who load the Parquet copy.
+    argv = ["push", "--repo-id", "lab/pannuke", "--data-dir", data_dir, "--local-dir", os.path.join(out, "repo")]
+    if cli([*argv, "--cache-dir", os.path.join(out, "cache"), "--quiet"]) != 0:
+        raise SystemExit("push --local-dir failed")
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)
     return 0

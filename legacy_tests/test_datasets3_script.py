@@ -43,12 +43,27 @@ def test_script_loads_under_datasets_3(expected, tmp_path):
         assert ds["id"] == [r["id"] for r in rows]
         assert ds["nuclei"] == [r["nuclei"] for r in rows]
         assert ds["tissue"] == [r["tissue"] for r in rows]
-        for row, want in zip(ds, rows):
-            got = [
-                hashlib.sha256(row[c].mode.encode() + np.array(row[c]).tobytes()).hexdigest()
-                for c in ("image", "semantic_mask", "instance_mask")
-            ]
-            assert got == want["pixels"], row["id"]
+        _assert_same_pixels(ds, rows)
+
+
+def _digest(image):
+    palette = bytes(image.palette.getdata()[1]) if image.mode == "P" else b""
+    return hashlib.sha256(image.mode.encode() + palette + np.array(image).tobytes()).hexdigest()
+
+
+def _assert_same_pixels(ds, rows):
+    for row, want in zip(ds, rows):
+        assert row["semantic_mask"].mode == "P"
+        assert [_digest(row[c]) for c in ("image", "semantic_mask", "instance_mask")] == want["pixels"], row["id"]
+
+
+def test_hub_repository_loads_under_datasets_3(expected, tmp_path):
+    loaded = datasets.load_dataset(os.path.join(FIXTURE, "repo"), "part1", cache_dir=str(tmp_path / "cache"))
+    assert list(loaded) == list(expected["splits"])
+    for split, rows in expected["splits"].items():
+        assert loaded[split]["id"] == [r["id"] for r in rows]
+        assert loaded[split]["nuclei"] == [r["nuclei"] for r in rows]
+        _assert_same_pixels(loaded[split], rows)
 
 
 def test_dataset_infos_json_guards_the_official_split_sizes(expected, tmp_path):
