@@ -1,0 +1,475 @@
+"""Score nucleus predictions on a split with PanNuke's mPQ and bPQ, the numbers every PanNuke paper reports.
+
+The metric is the official evaluation script's, computed one patch at a time from the raw folds, with
+pairwise IoU from one joint histogram per map, and defined where the official script crashes (a nucleus
+wholly covered by a later channel, a map without background).
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+import pannuke_imagemask as pim
+
+from . import __version__
+from .common import PROG, add_source_arguments, run_cli, sample_dir
+
+logger = logging.getLogger(__name__)
+
+MATCH_IOU = 0.5  # a pair matches when its IoU is strictly above this: such pairs are unique
+SQ_EPSILON = 1.0e-6  # the official script's SQ denominator is TP + 1e-6, so a perfect score is 0.999999...
+NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
+MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
+LOOKUP_IDS = 1 << 18  # ids up to this are renumbered through a lookup table
+DENSE_PAIRS = 1 << 22  # above this many (true, pred) id pairs, count overlaps sparsely instead of densely
+TASK_PATCHES = 32  # patches per task handed to a worker
+SPLIT_ALIASES = {"valid": "validation"}  # the exported folder's name for it
+
+SCORE_COLUMNS = [f"pq_{name}" for name in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
+PER_PATCH_COLUMNS = ["id", "fold", "index", "tissue", *SCORE_COLUMNS]
+
+
+# ---------------------------------------------------------------------------------------------
+# The metric: plain functions of numpy arrays.
+# ---------------------------------------------------------------------------------------------
+
+
+def _renumber(ids):
+    """Flattened ids as 0 (background) and 1..n in increasing order of the old id; returns (ids, n).
+
+    A map without background is like any other: all its values are nuclei (the official script crashes).
+    """
+    flat = ids.ravel()
+    top = int(flat.max(initial=0))
+    if top <= LOOKUP_IDS:  # a lookup table: ten times faster than the sort inside np.unique
+        present = np.bincount(flat, minlength=top + 1) > 0
+        present[0] = False
+        lookup = np.cumsum(present)
+        return lookup[flat], int(lookup[-1])
+    values, inverse = np.unique(flat, return_inverse=True)
+    if values[0] != 0:
+        return inverse.ravel() + 1, len(values)
+    return inverse.ravel(), len(values) - 1
+
+
+def _overlaps(true, pred, n_true, n_pred):
+    """(true index, pred index, shared pixels) of every overlapping pair, in (true, pred) order, 0-based."""
+    width = n_pred + 1
+    if (n_true + 1) * width <= DENSE_PAIRS:
+        joint = np.bincount(true * width + pred, minlength=(n_true + 1) * width).reshape(n_true + 1, width)
+        inter = joint[1:, 1:]
+        true_index, pred_index = np.nonzero(inter)
+        return true_index, pred_index, inter[true_index, pred_index]
+    # Thousands of ids on both sides (a noisy prediction): a dense table would take gigabytes.
+    both = (true > 0) & (pred > 0)
+    keys, counts = np.unique(true[both] * width + pred[both], return_counts=True)
+    return keys // width - 1, keys % width - 1, counts
+
+
+def _quality(true, n_true, pred, n_pred):
+    """PQ of two maps already numbered 0 (background) and 1..n."""
+    if n_true == 0:
+        return math.nan
+    true_index, pred_index, inter = _overlaps(true, pred, n_true, n_pred)
+    true_area = np.bincount(true, minlength=n_true + 1)[1:]
+    pred_area = np.bincount(pred, minlength=n_pred + 1)[1:]
+    iou = inter / (true_area[true_index] + pred_area[pred_index] - inter)
+    paired = iou > MATCH_IOU
+    tp = int(paired.sum())
+    fp, fn = n_pred - tp, n_true - tp
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    sq = iou[paired].sum() / (tp + SQ_EPSILON)
+    return float(dq * sq)
+
+
+def panoptic_quality(true, pred):
+    """PQ of two instance maps (0 is background, any other value a nucleus); NaN if true has no nucleus."""
+    return _quality(*_renumber(true), *_renumber(pred))
+
+
+def _collapse_numbered(numbered):
+    """One map from channels numbered 1..n each: (channel, id) pairs numbered on, later channels on top."""
+    collapsed, offset = numbered[0][0], numbered[0][1]
+    for ids, n in numbered[1:]:
+        collapsed = np.where(ids > 0, ids + offset, collapsed)
+        offset += n
+    return collapsed
+
+
+def collapse(channels):
+    """One instance map from (H, W, C) class channels: each (channel, id) pair a nucleus, later channels on top.
+
+    Nuclei are numbered in (channel, id) order as by the official script; those wholly covered vanish,
+    leaving gaps in the numbering.
+    """
+    numbered = [_renumber(channels[..., j]) for j in range(channels.shape[-1])]
+    return _collapse_numbered(numbered).reshape(channels.shape[:-1])
+
+
+def patch_scores(true, pred):
+    """[PQ of each class channel 0..4, patch mPQ, patch bPQ] of one patch's (H, W, 5) truth and prediction."""
+    true = [_renumber(true[..., j]) for j in range(pim.NUM_CLASS_CHANNELS)]
+    pred = [_renumber(pred[..., j]) for j in range(pim.NUM_CLASS_CHANNELS)]
+    class_pq = [_quality(*t, *p) for t, p in zip(true, pred)]
+    # Renumbered again: a covered nucleus leaves a gap (the official script's IndexError).
+    binary_pq = _quality(*_renumber(_collapse_numbered(true)), *_renumber(_collapse_numbered(pred)))
+    return np.array([*class_pq, nanmean(class_pq), binary_pq])
+
+
+def nanmean(values):
+    """Mean of the values that are not NaN; NaN if there are none (quietly, unlike np.nanmean)."""
+    values = np.asarray(values, dtype=np.float64)
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
+
+
+def summarize(scores, tissues):
+    """Final mPQ, bPQ (means over the 19 tissues), per-class PQ (over patches) and per-tissue results.
+
+    scores is (N, 7) as from patch_scores, tissues the N tissue names.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(SCORE_COLUMNS))
+    tissues = np.asarray(tissues)
+    per_tissue = {}
+    for tissue in pim.TISSUES:
+        rows = scores[tissues == tissue]
+        per_tissue[tissue] = {"patches": len(rows), "mPQ": nanmean(rows[:, -2]), "bPQ": nanmean(rows[:, -1])}
+    return {
+        "mPQ": nanmean([t["mPQ"] for t in per_tissue.values()]),
+        "bPQ": nanmean([t["bPQ"] for t in per_tissue.values()]),
+        "per_class": {name: nanmean(scores[:, j]) for j, name in enumerate(pim.NUCLEUS_CLASSES)},
+        "per_tissue": per_tissue,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions: checks and the HoVer-Net layout.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_ids(values, where, what="prediction"):
+    """Values as int64, or raise naming where if any is not a finite non-negative integer up to int32's max."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
+        if (values != np.floor(values)).any():
+            bad = values[values != np.floor(values)].flat[0]
+            raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad:g})")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{where}: {what} has negative values (min {values.min():g})")
+    if values.size and values.max() > MAX_PRED_ID:
+        raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {values.max():g})")
+    return values.astype(np.int64)
+
+
+def hovernet_to_channels(instance, types, where="prediction"):
+    """(H, W, 5) class channels from an instance map and a type map (0 background, 1..5 the classes).
+
+    A nucleus goes, whole, to the channel of the type most of its pixels have (ties to the lower type);
+    a nucleus whose pixels are mostly type 0 is dropped, as the type map calls it background.
+    """
+    instance = check_ids(instance, where, "instance channel")
+    types = check_ids(types, where, "type channel")
+    if types.max(initial=0) >= NUM_TYPES:
+        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
+    ids, n = _renumber(instance)
+    votes = np.bincount(ids * NUM_TYPES + types.ravel(), minlength=(n + 1) * NUM_TYPES).reshape(n + 1, NUM_TYPES)
+    kind = votes.argmax(axis=1)
+    kind[0] = 0
+    pixel_kind = kind[ids]
+    channels = np.zeros((ids.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
+    kept = np.nonzero(pixel_kind)[0]
+    channels[kept, pixel_kind[kept] - 1] = ids[kept]
+    return channels.reshape(*instance.shape, pim.NUM_CLASS_CHANNELS)
+
+
+def _check_dtype(path, dtype):
+    if dtype.kind not in "biuf":
+        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
+
+
+def open_masks_prediction(path, n, size):
+    """Memory-map a masks.npy of (n, H, W, >=5) predictions, after checking its header."""
+    shape, dtype = pim.read_npy_header(path)
+    _check_dtype(path, dtype)
+    if len(shape) != 4 or shape[1:3] != size or shape[3] < pim.NUM_CLASS_CHANNELS:
+        raise pim.PanNukeFormatError(
+            f"{path}: shape {shape}, expected (N, {size[0]}, {size[1]}, C) with C >= {pim.NUM_CLASS_CHANNELS}"
+        )
+    if shape[0] != n:
+        raise pim.PanNukeFormatError(f"{path}: {shape[0]} predictions, the split has {n} patches")
+    return np.lib.format.open_memmap(path, mode="r")
+
+
+def check_prediction_folder(folder, ids, size):
+    """Check that folder holds exactly one <id>.npy of shape (H, W, >=2) per id, before anything is scored."""
+    names = {name for name in os.listdir(folder) if name.endswith(".npy") and not name.startswith(".")}
+    expected = {f"{patch}.npy" for patch in ids}
+    missing = [f"{patch}.npy" for patch in ids if f"{patch}.npy" not in names]
+    if missing:
+        raise FileNotFoundError(f"{folder}: {len(missing)} prediction(s) missing, the first {missing[0]}")
+    extra = sorted(names - expected)
+    if extra:
+        raise ValueError(f"{folder}: {len(extra)} prediction(s) not in the split, the first {extra[0]}")
+    for patch in ids:
+        path = os.path.join(folder, f"{patch}.npy")
+        shape, dtype = pim.read_npy_header(path)
+        _check_dtype(path, dtype)
+        if len(shape) != 3 or shape[:2] != size or shape[2] < 2:
+            raise pim.PanNukeFormatError(
+                f"{path}: prediction for {patch} has shape {shape}, expected ({size[0]}, {size[1]}, C) with "
+                "instance and type as the last two channels"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a split, one patch at a time, in this process or a pool.
+# ---------------------------------------------------------------------------------------------
+
+# Per-process state: the rows to score and where their truth and prediction are; arrays opened lazily.
+_WORKER = {}
+
+
+def _init_worker(state):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _WORKER.clear()
+    _WORKER.update(state)
+
+
+def _opened(key, opener):
+    if key not in _WORKER:
+        _WORKER[key] = opener()
+    return _WORKER[key]
+
+
+def _score_task(task):
+    """(stop - start, 7) scores of rows start..stop of the split."""
+    start, stop = task
+    files, rows, pred = _WORKER["files"], _WORKER["rows"], _WORKER["pred"]
+    scores = np.empty((stop - start, len(SCORE_COLUMNS)))
+    for k, (fold, index) in enumerate(rows[start:stop]):
+        _, masks = _opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
+        truth = pim.mask_to_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
+        patch = pim.patch_id(fold, index)
+        if pred["layout"] == "masks":
+            array = _opened("pred", lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
+            prediction = check_ids(array[start + k][..., : pim.NUM_CLASS_CHANNELS], f"{pred['path']}: {patch}")
+        else:
+            path = os.path.join(pred["path"], f"{patch}.npy")
+            array = np.load(path, allow_pickle=False)
+            prediction = hovernet_to_channels(array[..., -2], array[..., -1], where=path)
+        scores[k] = patch_scores(truth, prediction)
+    return scores
+
+
+def _run_tasks(tasks, num_proc, state):
+    """Each task's scores, in task order, from this process or a pool of num_proc forked workers."""
+    if num_proc <= 1:
+        _WORKER.clear()
+        _WORKER.update(state)
+        yield from map(_score_task, tasks)
+        return
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with context.Pool(num_proc, _init_worker, (state,)) as pool:
+        yield from pool.imap(_score_task, tasks)
+
+
+def score_rows(files, rows, pred, num_proc=1, quiet=False):
+    """(N, 7) scores of the split's rows [(fold, index), ...] against pred {"layout", "path"}."""
+    tasks = [(s, min(s + TASK_PATCHES, len(rows))) for s in range(0, len(rows), TASK_PATCHES)]
+    state = {"files": files, "rows": rows, "pred": pred}
+    chunks = []
+    with tqdm(total=len(rows), unit="patch", desc="Evaluating", disable=True if quiet else None) as bar:
+        for chunk in _run_tasks(tasks, num_proc, state):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    return np.concatenate(chunks) if chunks else np.empty((0, len(SCORE_COLUMNS)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------------------------
+
+
+def split_names(config):
+    if config.split_by_fold:
+        return [f"fold{fold}" for fold in config.folds]
+    return list(pim.SPLITS)
+
+
+def split_rows(config, tissues, split, seed, ratios):
+    """The split's (fold, index) rows in (fold, index) order, as the builder makes them."""
+    if config.split_by_fold:
+        fold = int(split[len("fold") :])
+        return [(fold, index) for index in range(len(tissues[fold]))]
+    return pim.assign_splits(tissues, seed, ratios)[split]
+
+
+def _json_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    return value
+
+
+def _cell(value):
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def _shown(value):
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _write_atomically(path, write):
+    """Write path through a temporary file beside it, so that no half-written report is ever left."""
+    tmp = f"{path}.incomplete"
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_per_patch(path, rows, tissues, scores):
+    def write(f):
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(PER_PATCH_COLUMNS)
+        for (fold, index), tissue, row in zip(rows, tissues, scores):
+            writer.writerow([pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)])
+
+    _write_atomically(path, write)
+
+
+def report_lines(result):
+    """The table printed on stdout."""
+    lines = [
+        f"split {result['split']} of config {result['config']}: {result['patches']} patches",
+        "",
+        f"mPQ  {_shown(result['mPQ'])}",
+        f"bPQ  {_shown(result['bPQ'])}",
+        "",
+        f"{'class':<14} {'PQ':>8}",
+    ]
+    lines += [f"{name:<14} {_shown(value):>8}" for name, value in result["per_class"].items()]
+    lines += ["", f"{'tissue':<14} {'patches':>7} {'mPQ':>8} {'bPQ':>8}"]
+    lines += [
+        f"{tissue:<14} {t['patches']:>7} {_shown(t['mPQ']):>8} {_shown(t['bPQ']):>8}"
+        for tissue, t in result["per_tissue"].items()
+    ]
+    return lines
+
+
+def _get_parser():
+    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__)
+    parser.add_argument(
+        "--pred",
+        required=True,
+        help="predictions: a masks.npy of (N, 256, 256, >=5) class channels in the split's row order, or a "
+        "folder of <id>.npy, each (256, 256, ..., instance, type) as HoVer-Net writes them",
+    )
+    parser.add_argument(
+        "--split", help="the split to score: train, validation (or valid), test (default); fold1..fold3 for folds"
+    )
+    parser.add_argument("--json", help="also write the results here as JSON")
+    parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
+    add_source_arguments(parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def _check_args(parser, args):
+    """Usage errors (exit 2): a source is required, and the split must exist in the config."""
+    if not args.data_dir and not args.sample:
+        parser.error("one of --data-dir or --sample is required")
+    config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
+    valid = split_names(config)
+    if args.split is None and config.split_by_fold:
+        parser.error(f"--config {args.config} needs --split; valid: {', '.join(valid)}")
+    split = SPLIT_ALIASES.get(args.split, args.split) if args.split else "test"
+    if split not in valid:
+        parser.error(f"unknown split {args.split!r} for --config {args.config}; valid: {', '.join(valid)}")
+    args.split = split
+    return config
+
+
+def _check_output(path, option):
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
+
+
+def evaluate(args, config):
+    if args.num_proc < 1:
+        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
+    _check_output(args.json, "--json")
+    _check_output(args.per_patch, "--per-patch")
+    if args.sample:
+        data_dir = sample_dir(config.folds, args.cache_dir)
+        logger.warning("using the built-in sample: FAKE patches, not PanNuke data")
+    else:
+        data_dir = os.path.abspath(args.data_dir)
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+    ratios = tuple(args.split_ratios)
+    if not config.split_by_fold:
+        pim.check_split_ratios(ratios)
+    files = pim.find_folds([data_dir], config.folds)
+    tissues = {fold: pim.check_fold(files[fold]) for fold in config.folds}
+    rows = split_rows(config, tissues, args.split, args.split_seed, ratios)
+    if not rows:
+        raise ValueError(f"split {args.split} has no patches with these split ratios {list(ratios)}")
+    size = pim.read_npy_header(files[config.folds[0]]["masks"])[0][1:3]
+
+    pred_path = os.path.abspath(args.pred)
+    if os.path.isdir(pred_path):
+        check_prediction_folder(pred_path, [pim.patch_id(*row) for row in rows], size)
+        pred = {"layout": "folder", "path": pred_path}
+    elif os.path.isfile(pred_path):
+        open_masks_prediction(pred_path, len(rows), size)
+        pred = {"layout": "masks", "path": pred_path}
+    else:
+        raise FileNotFoundError(f"{args.pred}: no such file or folder (--pred)")
+
+    logger.info("scoring %d patches of split %s against %s", len(rows), args.split, pred_path)
+    scores = score_rows(files, rows, pred, args.num_proc, args.quiet)
+    row_tissues = [tissues[fold][index] for fold, index in rows]
+    result = {
+        **summarize(scores, row_tissues),
+        "patches": len(rows),
+        "split": args.split,
+        "config": args.config,
+        "split_seed": None if config.split_by_fold else args.split_seed,
+        "split_ratios": None if config.split_by_fold else list(ratios),
+        "source": {"data_dir": None if args.sample else data_dir, "sample": bool(args.sample)},
+        "pred": {"path": pred_path, "layout": pred["layout"]},
+        "version": __version__,
+    }
+    print("\n".join(report_lines(result)))
+    if args.json:
+        _write_atomically(args.json, lambda f: json.dump(_json_value(result), f, indent=2, allow_nan=False))
+    if args.per_patch:
+        write_per_patch(args.per_patch, rows, row_tissues, scores)
+    return 0
+
+
+def main(argv=None):
+    parser = _get_parser()
+    args = parser.parse_args(argv)
+    config = _check_args(parser, args)
+    return run_cli("evaluate", lambda a: evaluate(a, config), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
