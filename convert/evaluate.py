@@ -262,7 +262,7 @@ def _score_task(task):
         truth = pim.mask_to_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
         patch = pim.patch_id(fold, index)
         if pred["layout"] == "masks":
-            array = _opened("pred", lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
+            array = _opened(("prediction",), lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
             prediction = check_ids(array[start + k][..., : pim.NUM_CLASS_CHANNELS], f"{pred['path']}: {patch}")
         else:
             path = os.path.join(pred["path"], f"{patch}.npy")
