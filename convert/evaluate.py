@@ -172,7 +172,7 @@ def check_ids(values, where, what="prediction"):
     """Values as integers, or raise naming where if any is not a finite non-negative integer up to int32's max."""
     values = np.asarray(values)
     if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):  # NaN and inf cast to garbage, and then differ: caught below
+        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
             ids = values.astype(np.int64)
         if not np.array_equal(ids, values):
             if not np.isfinite(values).all():
@@ -180,7 +180,8 @@ def check_ids(values, where, what="prediction"):
             bad = values[values != np.floor(values)]
             if bad.size:
                 raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
-        values = ids
+        else:
+            values = ids
     if values.size and values.min() < 0:
         raise ValueError(f"{where}: {what} has negative values (min {values.min():g})")
     if values.size and values.max() > MAX_PRED_ID:

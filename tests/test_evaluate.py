@@ -251,6 +251,8 @@ def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overal
     for name in pim.NUCLEUS_CLASSES:
         close(result["per_class"][name], summary["per_class"][name])
     assert list(result["per_tissue"]) == pim.TISSUES
+    absent = [t for t in pim.TISSUES if t not in fold1_prediction["tissues"]]
+    assert result["per_tissue"][absent[0]] == {"patches": 0, "mPQ": None, "bPQ": None}  # NaN is null in JSON
     for tissue, expected in summary["per_tissue"].items():
         got = result["per_tissue"][tissue]
         assert got["patches"] == expected["patches"]
