@@ -311,7 +311,9 @@ def test_the_default_split_is_test_and_valid_names_validation(kaggle_part1, tmp_
     assert main(["evaluate", "--pred", str(tmp_path / "test.npy"), "--data-dir", kaggle_part1, "--quiet"]) == 0
     assert f"split test of config part1: {len(test_rows)} patches" in capsys.readouterr().out
     valid_rows = pim.assign_splits({1: tissues})["validation"]
-    np.save(tmp_path / "valid.npy", np.zeros((len(valid_rows), 256, 256, 5), np.uint8))
+    empty = np.zeros((len(valid_rows), 256, 256, 6))
+    empty[..., 5] = np.nan  # channels after 0..4 are not read: they may hold anything
+    np.save(tmp_path / "valid.npy", empty)
     argv = ["evaluate", "--pred", str(tmp_path / "valid.npy"), "--data-dir", kaggle_part1, "--split", "valid"]
     assert main([*argv, "--json", str(tmp_path / "v.json"), "--quiet"]) == 0
     result = json.loads((tmp_path / "v.json").read_text())
