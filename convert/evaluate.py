@@ -124,12 +124,15 @@ def _qualities(true, pred, count):
 
 
 def panoptic_quality(true, pred):
-    """PQ of two (H, W) instance maps (0 is background, any other value a nucleus); NaN if true has none."""
+    """PQ of two (H, W) maps of non-negative integer ids (0 background, each other id a nucleus); NaN if true has none."""
     return _qualities(true[..., None], pred[..., None], 1)[0][0]
 
 
 def patch_scores(true, pred):
-    """[PQ of each class 0..4, patch mPQ, patch bPQ] of one patch's (H, W, >=5) truth and prediction channels."""
+    """[PQ of each class 0..4, patch mPQ, patch bPQ] of one patch's (H, W, >=5) truth and prediction ids.
+
+    Ids are non-negative integers (check_ids); channels after 0..4 are not read.
+    """
     class_pq, binary_pq = _qualities(true, pred, pim.NUM_CLASS_CHANNELS)
     return np.array([*class_pq, nanmean(class_pq), binary_pq])
 
