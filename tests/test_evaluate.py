@@ -265,6 +265,27 @@ def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overal
     assert "Colon" in out and "n/a" in out
 
 
+def test_a_split_over_three_folds_equals_the_oracle(three_folds, tmp_path):
+    # --config all: the train split mixes the three folds and their layouts, and many tissues.
+    folds = {1: raw_fold(three_folds, 1, "kaggle"), 2: raw_fold(os.path.join(three_folds, "fold_2"), 2, "kaggle-flat")}
+    folds[3] = raw_fold(three_folds, 3, "official")
+    rows = pim.assign_splits({fold: arrays[2] for fold, arrays in folds.items()})["train"]
+    rng = np.random.default_rng(11)
+    truth = [np.asarray(folds[fold][1][index]) for fold, index in rows]
+    preds = np.stack([perturb(t[..., :5], rng) for t in truth]).astype(np.int32)
+    np.save(tmp_path / "train.npy", preds)
+    argv = ["evaluate", "--pred", str(tmp_path / "train.npy"), "--data-dir", three_folds, "--config", "all"]
+    assert main([*argv, "--split", "train", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    tissues = [folds[fold][2][index] for fold, index in rows]
+    expected = pq_oracle.summarize([pq_oracle.patch_scores(t, p) for t, p in zip(truth, preds)], tissues)
+    assert result["patches"] == len(rows) and sum(t["patches"] > 0 for t in result["per_tissue"].values()) >= 3
+    close([result["mPQ"], result["bPQ"]], [expected["mPQ"], expected["bPQ"]])
+    close(list(result["per_class"].values()), list(expected["per_class"].values()))
+    got = [[np.nan if t[k] is None else t[k] for k in ("mPQ", "bPQ")] for t in result["per_tissue"].values()]
+    close(got, [[t["mPQ"], t["bPQ"]] for t in expected["per_tissue"].values()])
+
+
 def _hovernet_folder(folder, preds, rgb_every=2):
     """Write the predictions as HoVer-Net <id>.npy (instance, type), some with RGB channels in front."""
     folder.mkdir()
