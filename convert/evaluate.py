@@ -352,10 +352,15 @@ def split_names(config):
     return list(pim.SPLITS)
 
 
+def folds_needed(config, split):
+    """The folds whose files a split needs: with --config folds only its own, so one downloaded fold will do."""
+    return (int(split[len("fold") :]),) if config.split_by_fold else config.folds
+
+
 def split_rows(config, tissues, split, seed, ratios):
     """The split's (fold, index) rows in (fold, index) order, as the builder makes them."""
     if config.split_by_fold:
-        fold = int(split[len("fold") :])
+        (fold,) = tissues
         return [(fold, index) for index in range(len(tissues[fold]))]
     return pim.assign_splits(tissues, seed, ratios)[split]
 
@@ -472,12 +477,13 @@ def evaluate(args, config):
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
-    files = pim.find_folds([data_dir], config.folds)
-    tissues = {fold: pim.check_fold(files[fold]) for fold in config.folds}
+    folds = folds_needed(config, args.split)
+    files = pim.find_folds([data_dir], folds)
+    tissues = {fold: pim.check_fold(files[fold]) for fold in folds}
     rows = split_rows(config, tissues, args.split, args.split_seed, ratios)
     if not rows:
         raise ValueError(f"split {args.split} has no patches with these split ratios {list(ratios)}")
-    size = pim.read_npy_header(files[config.folds[0]]["masks"])[0][1:3]
+    size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
 
     pred_path = os.path.abspath(args.pred)
     if os.path.isdir(pred_path):

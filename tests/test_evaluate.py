@@ -325,6 +325,12 @@ def test_two_processes_end_and_give_identical_numbers(three_folds, fold1_predict
     assert json.loads((tmp_path / "two.json").read_text()) == one
 
 
+def test_one_fold_on_disk_is_enough_for_its_fold_split(kaggle_part1, fold1_prediction, tmp_path):
+    argv = ["evaluate", "--pred", fold1_prediction["path"], "--data-dir", kaggle_part1, "--config", "folds"]
+    assert main([*argv, "--split", "fold1", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["patches"] == 24
+
+
 def test_the_default_split_is_test_and_valid_names_validation(kaggle_part1, tmp_path, capsys):
     _, masks, tissues = raw_fold(kaggle_part1)
     test_rows = pim.assign_splits({1: tissues})["test"]
