@@ -286,7 +286,6 @@ _WORKER = {}
 
 def _init_worker(state):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _WORKER.clear()
     _WORKER.update(state)
 
 
@@ -320,9 +319,11 @@ def _score_task(task):
 def _run_tasks(tasks, num_proc, state):
     """Each task's scores, in task order, from this process or a pool of num_proc forked workers."""
     if num_proc <= 1:
-        _WORKER.clear()
         _WORKER.update(state)
-        yield from map(_score_task, tasks)
+        try:
+            yield from map(_score_task, tasks)
+        finally:
+            _WORKER.clear()  # no memory map outlives the command
         return
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     with context.Pool(num_proc, _init_worker, (state,)) as pool:
