@@ -4,6 +4,7 @@ Commands (each has --help):
   export   write DIR/{train,valid,test}/{images,masks} from the builder's splits
   verify   re-read an exported tree and compare every file with the source
   push     publish Parquet and a dataset card to the Hub (or --local-dir)
+  evaluate score predictions on a split with PanNuke's mPQ and bPQ
   infos    regenerate dataset_infos.json from the builder
 """
 
@@ -12,7 +13,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("export", "verify", "push", "infos")
+COMMANDS = ("export", "verify", "push", "evaluate", "infos")
 
 
 def main(argv=None):

@@ -356,7 +356,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "invalid choice: 'jpeg'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
     assert capsys.readouterr().err == (
-        "pannuke-imagemask: error: unknown command 'frobnicate'; valid: export, verify, push, infos\n"
+        "pannuke-imagemask: error: unknown command 'frobnicate'; valid: export, verify, push, evaluate, infos\n"
     )
 
 

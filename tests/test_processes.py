@@ -77,15 +77,20 @@ def _run(arguments, tmp_path):
 
 
 # Before the fix, 1 run in 8 of `export --num-proc 2` on this 24-patch fold hung in Pool.terminate().
-@pytest.mark.parametrize("command", ["export"] * 5 + ["push"] * 2)
+@pytest.mark.parametrize("command", ["export"] * 5 + ["push"] * 2 + ["evaluate"] * 2)
 def test_commands_with_two_processes_always_end(command, small_fold, tmp_path):
     cache = str(tmp_path / "cache")  # a fresh cache: the builder's pool runs every time
     if command == "export":
         arguments = ["export", "--data-dir", small_fold, "--out", str(tmp_path / "out")]
         made = tmp_path / "out" / "export.json"
-    else:
+    elif command == "push":
         arguments = ["push", "--repo-id", "lab/pannuke", "--data-dir", small_fold, "--local-dir", str(tmp_path / "r")]
         made = tmp_path / "r" / "README.md"
+    else:  # the truth scored against itself
+        pred = os.path.join(small_fold, "Part 1", "Masks", "masks.npy")
+        arguments = ["evaluate", "--data-dir", small_fold, "--config", "folds", "--split", "fold1", "--pred", pred]
+        arguments += ["--json", str(tmp_path / "scores.json")]
+        made = tmp_path / "scores.json"
     result = _run([*arguments, "--num-proc", "2", "--cache-dir", cache, "--quiet"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

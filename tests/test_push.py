@@ -190,18 +190,26 @@ def _python_blocks(text):
 
 
 def _run_blocks(blocks, replacements, tmp_path):
-    """Run each code block in a fresh interpreter, with the Hub replaced by local folders."""
-    # hf_hub_download's stand-in: a local folder laid out like the Hub repository.
+    """Run each code block in a fresh interpreter (in tmp_path), with the Hub replaced by local folders."""
+    # hf_hub_download's stand-in: a local folder laid out like the Hub repository. my_model: the user's model
+    # in the README's evaluate example; here one that predicts no nucleus.
     preamble = (
-        "import os, huggingface_hub\n"
+        "import os, huggingface_hub, numpy\n"
         "huggingface_hub.hf_hub_download = lambda repo_id, filename, **kw: os.path.join(repo_id, filename)\n"
+        "my_model = lambda image: numpy.zeros((256, 256, 5), numpy.int32)\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     for block in blocks:
         for old, new in replacements.items():
             block = block.replace(old, new)
         result = subprocess.run(
-            [sys.executable, "-c", preamble + block], env=env, capture_output=True, text=True, timeout=300, check=False
+            [sys.executable, "-c", preamble + block],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
 

@@ -1,0 +1,444 @@
+"""evaluate: PanNuke's mPQ and bPQ equal a slow per-nucleus oracle, on hand cases and on randomised predictions."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pq_oracle
+import pytest
+from conftest import raw_fold
+
+import pannuke_imagemask as pim
+from convert import evaluate as ev
+from convert.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERFECT_1 = 1 / (1 + 1e-6)  # one nucleus found exactly: the official script's 0.999999
+
+
+def close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual, float), np.asarray(expected, float), atol=1e-12, rtol=0)
+
+
+def channels(*paint):
+    """(8, 8, 5) int channels painted from (channel, id, rows, cols) tuples."""
+    out = np.zeros((8, 8, 5), dtype=np.int64)
+    for channel, value, rows, cols in paint:
+        out[rows, cols, channel] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-computed cases.
+# ---------------------------------------------------------------------------------------------
+
+TRUTH = channels(
+    (0, 3, slice(0, 2), slice(0, 2)),
+    (0, 70, slice(4, 6), slice(0, 3)),
+    (0, 12, slice(6, 8), slice(6, 8)),
+    (3, 5, slice(0, 3), slice(5, 8)),
+)
+
+
+def test_a_perfect_prediction_scores_0_999999_per_nucleus_class_present():
+    scores = ev.patch_scores(TRUTH, TRUTH.copy())
+    neoplastic, dead = 3 / (3 + 1e-6), PERFECT_1
+    close(scores, [neoplastic, np.nan, np.nan, dead, np.nan, (neoplastic + dead) / 2, 4 / (4 + 1e-6)])
+    assert scores[3] == pytest.approx(0.999999, abs=1e-11)
+
+
+def test_an_empty_prediction_scores_zero():
+    close(ev.patch_scores(TRUTH, np.zeros_like(TRUTH)), [0, np.nan, np.nan, 0, np.nan, 0, 0])
+
+
+def test_a_class_absent_from_the_truth_is_nan_and_its_false_positives_do_not_count():
+    pred = TRUTH.copy()
+    pred[7, 0:4, 1] = 99  # a spurious inflammatory nucleus; the truth has none
+    pred[7, 0:4, 4] = 98
+    scores = ev.patch_scores(TRUTH, pred)
+    assert math.isnan(scores[1]) and math.isnan(scores[4])
+    assert scores[5] == (3 / (3 + 1e-6) + PERFECT_1) / 2
+    # The binary map has no classes: the spurious nucleus is a false positive there.
+    close(scores[6], 4 / (4 + 0.5) * 4 / (4 + 1e-6))
+
+
+def test_iou_of_exactly_one_half_is_not_a_match():
+    true = np.zeros((4, 4), dtype=np.int64)
+    true[0, 0:3] = 1
+    half = np.zeros_like(true)
+    half[0, 1:4] = 1  # 2 shared pixels of 4 in the union
+    assert ev.panoptic_quality(true, half) == 0.0
+    two_thirds = np.zeros_like(true)
+    two_thirds[0, 1:3] = 1
+    assert ev.panoptic_quality(true, two_thirds) == (2 / 3) / (1 + 1e-6)
+    assert pq_oracle.pq(true, half) == 0.0
+
+
+def test_a_nucleus_covered_by_a_later_channel_counts_in_its_class_not_in_the_binary_map():
+    truth = channels((0, 9, slice(2, 4), slice(2, 4)), (3, 4, slice(1, 5), slice(1, 5)), (0, 2, slice(6, 8), 0))
+    two = 2 / (2 + 1e-6)
+    close(ev.patch_scores(truth, truth.copy()), [two, np.nan, np.nan, PERFECT_1, np.nan, (two + PERFECT_1) / 2, two])
+    missed = truth.copy()
+    missed[..., 0][missed[..., 0] == 9] = 0  # the covered nucleus is invisible: predicting it is not required in bPQ
+    scores = ev.patch_scores(truth, missed)
+    close(scores[[0, 6]], [1 / 1.5 * 1 / (1 + 1e-6), two])
+    close(scores, pq_oracle.patch_scores(truth, missed))
+
+
+def test_a_map_without_background_is_scored_like_any_other():
+    whole = np.full((8, 8, 5), 0, dtype=np.int64)
+    whole[..., 2] = 7  # one connective nucleus covering the patch: no background pixel
+    close(ev.patch_scores(whole, whole.copy()), [np.nan, np.nan, PERFECT_1, np.nan, np.nan, PERFECT_1, PERFECT_1])
+    halves = whole.copy()
+    halves[:, 4:, 2] = 8  # two predicted nuclei of IoU exactly 0.5 each: no match
+    close(ev.patch_scores(whole, halves), [np.nan, np.nan, 0, np.nan, np.nan, 0, 0])
+    three_quarters = whole.copy()
+    three_quarters[:, 6:, 2] = 8
+    close(ev.panoptic_quality(whole[..., 2], three_quarters[..., 2]), 1 / 1.5 * 0.75 / (1 + 1e-6))
+
+
+def test_a_patch_without_nuclei_is_nan_everywhere_and_skipped_by_the_means():
+    scores = ev.patch_scores(np.zeros((8, 8, 5), np.uint16), TRUTH)
+    assert np.isnan(scores).all()
+    summary = ev.summarize([scores, ev.patch_scores(TRUTH, TRUTH.copy())], ["Breast", "Breast"])
+    assert summary["per_tissue"]["Breast"] == {
+        "patches": 2,
+        "mPQ": (3 / (3 + 1e-6) + PERFECT_1) / 2,
+        "bPQ": 4 / (4 + 1e-6),
+    }
+    assert summary["per_tissue"]["Colon"]["patches"] == 0 and math.isnan(summary["per_tissue"]["Colon"]["mPQ"])
+    assert summary["mPQ"] == summary["per_tissue"]["Breast"]["mPQ"]
+
+
+def test_tissues_weigh_equally_and_classes_are_averaged_over_patches():
+    scores = [
+        [1, np.nan, np.nan, np.nan, np.nan, 1, 1],
+        [0, 0.5, np.nan, np.nan, np.nan, 0.25, 0.5],
+        [0] + [np.nan] * 4 + [0, 0],
+    ]
+    summary = ev.summarize(scores, ["Breast", "Breast", "Liver"])
+    assert summary["mPQ"] == (0.625 + 0) / 2 and summary["bPQ"] == (0.75 + 0) / 2
+    assert summary["per_class"]["neoplastic"] == 1 / 3 and summary["per_class"]["inflammatory"] == 0.5
+    assert math.isnan(summary["per_class"]["dead"])
+
+
+def test_a_nucleus_takes_the_class_of_most_of_its_pixels_ties_to_the_lower_type():
+    instance = np.zeros((4, 4), dtype=np.int64)
+    types = np.zeros_like(instance)
+    instance[0, :], types[0, :] = 50, [2, 2, 2, 5]  # inflammatory
+    instance[1, :], types[1, :] = 7, [4, 4, 1, 1]  # tie: neoplastic
+    instance[2, :], types[2, :] = 300, [0, 0, 0, 3]  # mostly background: dropped
+    out = ev.hovernet_to_channels(instance, types)
+    expected = np.zeros((4, 4, 5), dtype=np.int64)
+    expected[0, :, 1] = 2
+    expected[1, :, 0] = 1
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="type channel has values above 5"):
+        ev.hovernet_to_channels(instance, types + 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Randomised predictions against the oracle.
+# ---------------------------------------------------------------------------------------------
+
+
+def _erode(mask):
+    inner = mask.copy()
+    for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1)):
+        inner &= np.roll(mask, shift, axis=axis)
+    return inner
+
+
+def perturb(truth, rng):
+    """A prediction from the truth: nuclei shifted, eroded, merged, split, dropped, relabelled, spurious ones."""
+    pred = np.zeros(truth.shape[:2] + (5,), dtype=np.int64)
+    new_ids = iter(rng.choice(np.arange(1, 200_000), size=4000, replace=False))  # not consecutive
+    last_in = {}
+    for c in range(5):
+        for value in np.unique(truth[..., c]):
+            if value == 0:
+                continue
+            mask = truth[..., c] == value
+            action = rng.choice(["keep", "shift", "erode", "merge", "split", "drop", "relabel"])
+            channel, new = c, next(new_ids)
+            if action == "drop":
+                continue
+            if action == "shift":
+                mask = np.roll(mask, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
+            elif action == "erode":
+                mask = _erode(mask)
+            elif action == "merge" and c in last_in:
+                new = last_in[c]
+            elif action == "relabel":
+                channel = int(rng.integers(5))
+            elif action == "split":
+                cols = np.nonzero(mask.any(axis=0))[0]
+                right = mask.copy()
+                right[:, : cols[len(cols) // 2]] = False
+                pred[..., channel][right] = next(new_ids)
+                mask = mask & ~right
+            pred[..., channel][mask] = new
+            last_in[channel] = new
+    yy, xx = np.ogrid[: truth.shape[0], : truth.shape[1]]
+    for _ in range(int(rng.integers(0, 6))):
+        cy, cx, r = rng.integers(0, truth.shape[0], size=2).tolist() + [int(rng.integers(2, 8))]
+        pred[..., int(rng.integers(5))][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = next(new_ids)
+    return pred
+
+
+@pytest.fixture(scope="module")
+def fold1_prediction(three_folds, tmp_path_factory):
+    """A perturbed prediction of every patch of fold 1 (24 patches: quirks, a void and an empty patch)."""
+    _, masks, tissues = raw_fold(three_folds, 1, "kaggle")
+    rng = np.random.default_rng(10)
+    preds = np.stack([perturb(masks[i, ..., :5], rng) for i in range(len(masks))])
+    preds[5] = masks[5, ..., :5]  # one perfect patch
+    preds[6] = 0  # one empty prediction
+    path = tmp_path_factory.mktemp("pred") / "masks.npy"
+    np.save(path, preds.astype(np.float64))
+    return {"masks": masks, "tissues": tissues, "preds": preds, "path": str(path)}
+
+
+@pytest.fixture(scope="module")
+def oracle_fold1(fold1_prediction):
+    masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
+    scores = [pq_oracle.patch_scores(np.asarray(masks[i]), preds[i]) for i in range(len(masks))]
+    return scores, pq_oracle.summarize(scores, fold1_prediction["tissues"])
+
+
+def test_patch_scores_equal_the_oracle_on_randomised_predictions(fold1_prediction, oracle_fold1):
+    masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
+    for i in range(len(masks)):
+        close(ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), oracle_fold1[0][i])
+
+
+def test_sparse_overlaps_give_the_same_scores(fold1_prediction, monkeypatch):
+    masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
+    fast = [ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]) for i in range(8)]
+    monkeypatch.setattr(ev, "DENSE_PAIRS", 0)
+    for i in range(8):
+        close(ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), fast[i])
+
+
+def _run(three_folds, pred, tmp_path, *extra):
+    out = tmp_path / "result.json"
+    per_patch = tmp_path / "patches.csv"
+    argv = ["evaluate", "--pred", pred, "--data-dir", three_folds, "--config", "folds", "--split", "fold1"]
+    code = main([*argv, "--json", str(out), "--per-patch", str(per_patch), "--quiet", *extra])
+    assert code == 0
+    with open(per_patch, newline="") as f:
+        rows = list(csv.reader(f))
+    return json.loads(out.read_text()), rows
+
+
+def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overall(
+    three_folds, fold1_prediction, oracle_fold1, tmp_path, capsys
+):
+    result, rows = _run(three_folds, fold1_prediction["path"], tmp_path)
+    scores, summary = oracle_fold1
+    assert rows[0] == ["id", "fold", "index", "tissue"] + [f"pq_{n}" for n in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
+    assert [r[:4] for r in rows[1:]] == [
+        [pim.patch_id(1, i), "1", str(i), t] for i, t in enumerate(fold1_prediction["tissues"])
+    ]
+    close([[float(v) if v else np.nan for v in r[4:]] for r in rows[1:]], scores)
+    assert rows[1 + 1][4:] == [""] * 7  # the void patch has no nucleus
+    for key in ("mPQ", "bPQ"):
+        close(result[key], summary[key])
+    for name in pim.NUCLEUS_CLASSES:
+        close(result["per_class"][name], summary["per_class"][name])
+    assert list(result["per_tissue"]) == pim.TISSUES
+    absent = [t for t in pim.TISSUES if t not in fold1_prediction["tissues"]]
+    assert result["per_tissue"][absent[0]] == {"patches": 0, "mPQ": None, "bPQ": None}  # NaN is null in JSON
+    for tissue, expected in summary["per_tissue"].items():
+        got = result["per_tissue"][tissue]
+        assert got["patches"] == expected["patches"]
+        close([np.nan if got[k] is None else got[k] for k in ("mPQ", "bPQ")], [expected["mPQ"], expected["bPQ"]])
+    assert result["patches"] == 24 and result["split"] == "fold1" and result["config"] == "folds"
+    assert result["split_seed"] is None and result["source"] == {"data_dir": three_folds, "sample": False}
+    assert result["pred"] == {"path": fold1_prediction["path"], "layout": "masks"}
+    out = capsys.readouterr().out
+    assert f"mPQ  {summary['mPQ']:.4f}" in out and f"bPQ  {summary['bPQ']:.4f}" in out
+    assert "Colon" in out and "n/a" in out
+
+
+def test_a_split_over_three_folds_equals_the_oracle(three_folds, tmp_path):
+    # --config all: the train split mixes the three folds and their layouts, and many tissues.
+    folds = {1: raw_fold(three_folds, 1, "kaggle"), 2: raw_fold(os.path.join(three_folds, "fold_2"), 2, "kaggle-flat")}
+    folds[3] = raw_fold(three_folds, 3, "official")
+    rows = pim.assign_splits({fold: arrays[2] for fold, arrays in folds.items()})["train"]
+    rng = np.random.default_rng(11)
+    truth = [np.asarray(folds[fold][1][index]) for fold, index in rows]
+    preds = np.stack([perturb(t[..., :5], rng) for t in truth]).astype(np.int32)
+    np.save(tmp_path / "train.npy", preds)
+    argv = ["evaluate", "--pred", str(tmp_path / "train.npy"), "--data-dir", three_folds, "--config", "all"]
+    assert main([*argv, "--split", "train", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    tissues = [folds[fold][2][index] for fold, index in rows]
+    expected = pq_oracle.summarize([pq_oracle.patch_scores(t, p) for t, p in zip(truth, preds)], tissues)
+    assert result["patches"] == len(rows) and sum(t["patches"] > 0 for t in result["per_tissue"].values()) >= 3
+    close([result["mPQ"], result["bPQ"]], [expected["mPQ"], expected["bPQ"]])
+    close(list(result["per_class"].values()), list(expected["per_class"].values()))
+    got = [[np.nan if t[k] is None else t[k] for k in ("mPQ", "bPQ")] for t in result["per_tissue"].values()]
+    close(got, [[t["mPQ"], t["bPQ"]] for t in expected["per_tissue"].values()])
+
+
+def _hovernet_folder(folder, preds, rgb_every=2):
+    """Write the predictions as HoVer-Net <id>.npy (instance, type), some with RGB channels in front."""
+    folder.mkdir()
+    flat = np.zeros_like(preds)
+    for i, pred in enumerate(preds):
+        collapsed = pq_oracle.binarize(pred)  # later channels on top, as the metric collapses them
+        kind = np.zeros(collapsed.shape, dtype=np.int64)
+        for c in range(5):
+            kind[pred[..., c] != 0] = c + 1
+        channels = [collapsed, kind]
+        if i % rgb_every == 0:
+            channels = [np.full(collapsed.shape, 128)] * 3 + channels
+        np.save(folder / f"{pim.patch_id(1, i)}.npy", np.stack(channels, axis=-1).astype(np.int32))
+        for c in range(5):
+            flat[i, ..., c] = np.where(kind == c + 1, collapsed, 0)
+    return flat
+
+
+def test_both_prediction_layouts_give_identical_numbers(three_folds, fold1_prediction, tmp_path):
+    flat = _hovernet_folder(tmp_path / "hovernet", fold1_prediction["preds"])
+    np.save(tmp_path / "masks.npy", flat.astype(np.uint32))
+    from_folder, folder_rows = _run(three_folds, str(tmp_path / "hovernet"), tmp_path)
+    from_masks, masks_rows = _run(three_folds, str(tmp_path / "masks.npy"), tmp_path)
+    assert folder_rows == masks_rows
+    assert {**from_folder, "pred": None} == {**from_masks, "pred": None}
+    assert from_folder["pred"]["layout"] == "folder"
+
+
+def test_two_processes_end_and_give_identical_numbers(three_folds, fold1_prediction, tmp_path):
+    one, _ = _run(three_folds, fold1_prediction["path"], tmp_path)
+    argv = ["evaluate", "--pred", fold1_prediction["path"], "--data-dir", three_folds, "--config", "folds"]
+    argv += ["--split", "fold1", "--json", str(tmp_path / "two.json"), "--num-proc", "2", "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-m", "convert", *argv], cwd=ROOT, timeout=120, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "two.json").read_text()) == one
+
+
+def test_one_fold_on_disk_is_enough_for_its_fold_split(kaggle_part1, fold1_prediction, tmp_path):
+    argv = ["evaluate", "--pred", fold1_prediction["path"], "--data-dir", kaggle_part1, "--config", "folds"]
+    assert main([*argv, "--split", "fold1", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["patches"] == 24
+
+
+def test_the_default_split_is_test_and_valid_names_validation(kaggle_part1, tmp_path, capsys):
+    _, masks, tissues = raw_fold(kaggle_part1)
+    test_rows = pim.assign_splits({1: tissues})["test"]
+    np.save(tmp_path / "test.npy", np.stack([masks[i] for _, i in test_rows]))
+    assert main(["evaluate", "--pred", str(tmp_path / "test.npy"), "--data-dir", kaggle_part1, "--quiet"]) == 0
+    assert f"split test of config part1: {len(test_rows)} patches" in capsys.readouterr().out
+    valid_rows = pim.assign_splits({1: tissues})["validation"]
+    empty = np.zeros((len(valid_rows), 256, 256, 6))
+    empty[..., 5] = np.nan  # channels after 0..4 are not read: they may hold anything
+    np.save(tmp_path / "valid.npy", empty)
+    argv = ["evaluate", "--pred", str(tmp_path / "valid.npy"), "--data-dir", kaggle_part1, "--split", "valid"]
+    assert main([*argv, "--json", str(tmp_path / "v.json"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["split"] == "validation" and result["mPQ"] == 0 and result["bPQ"] == 0
+    assert result["split_seed"] == 0 and result["split_ratios"] == [0.8, 0.15, 0.05]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing written.
+# ---------------------------------------------------------------------------------------------
+
+
+def _error(argv, capsys, tmp_path):
+    out = tmp_path / "bad.json"
+    assert main([*argv, "--json", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pannuke-imagemask evaluate: error: ")
+    assert not out.exists()
+    return err
+
+
+def test_bad_masks_predictions_are_one_line_errors(three_folds, fold1_prediction, tmp_path, capsys):
+    base = ["evaluate", "--data-dir", three_folds, "--config", "folds", "--split", "fold1"]
+    preds = fold1_prediction["preds"]
+    np.save(tmp_path / "short.npy", preds[:20])
+    assert "short.npy: 20 predictions, the split has 24 patches" in _error(
+        [*base, "--pred", str(tmp_path / "short.npy")], capsys, tmp_path
+    )
+    np.save(tmp_path / "four.npy", preds[..., :4])
+    assert "four.npy: shape (24, 256, 256, 4), expected" in _error(
+        [*base, "--pred", str(tmp_path / "four.npy")], capsys, tmp_path
+    )
+    bad = preds.astype(np.float64)
+    bad[9, 3, 3, 2] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    err = _error([*base, "--pred", str(tmp_path / "nan.npy")], capsys, tmp_path)
+    assert "nan.npy: fold1_00009: prediction has non-finite values" in err
+    with open(tmp_path / "pickle.npy", "wb") as f:
+        np.lib.format.write_array(f, np.array([{"x": 1}] * 24, dtype=object), allow_pickle=True)
+    assert "refusing to unpickle" in _error([*base, "--pred", str(tmp_path / "pickle.npy")], capsys, tmp_path)
+    assert "no such file or folder (--pred)" in _error([*base, "--pred", str(tmp_path / "none")], capsys, tmp_path)
+
+
+def test_bad_prediction_folders_are_one_line_errors_naming_the_id(three_folds, fold1_prediction, tmp_path, capsys):
+    base = ["evaluate", "--data-dir", three_folds, "--config", "folds", "--split", "fold1", "--pred"]
+    folder = tmp_path / "hovernet"
+    _hovernet_folder(folder, fold1_prediction["preds"])
+    (folder / "fold1_00003.npy").rename(tmp_path / "kept.npy")
+    (folder / "fold1_00007.npy").unlink()
+    err = _error([*base, str(folder)], capsys, tmp_path)
+    assert "2 prediction(s) missing, the first fold1_00003.npy" in err
+    (tmp_path / "kept.npy").rename(folder / "fold1_00003.npy")
+    np.save(folder / "fold1_00007.npy", np.zeros((256, 256, 2), np.int32))
+    np.save(folder / "fold2_00001.npy", np.zeros((256, 256, 2), np.int32))
+    (folder / "notes.txt").write_text("ignored")
+    assert "1 prediction(s) not in the split, the first fold2_00001.npy" in _error(
+        [*base, str(folder)], capsys, tmp_path
+    )
+    (folder / "fold2_00001.npy").unlink()
+    np.save(folder / "fold1_00011.npy", np.zeros((256, 256), np.int32))
+    err = _error([*base, str(folder)], capsys, tmp_path)
+    assert "fold1_00011.npy: prediction for fold1_00011 has shape (256, 256), expected (256, 256, C)" in err
+
+
+def test_a_bad_truth_patch_names_file_and_patch(writable_fold, tmp_path, capsys):
+    masks = np.load(writable_fold / "Part 1" / "Masks" / "masks.npy", mmap_mode="r+")
+    masks[7, 0, 0, 0] = 0.5
+    masks.flush()
+    del masks
+    tissues = np.load(writable_fold / "Part 1" / "Images" / "types.npy").tolist()
+    rows = pim.assign_splits({1: tissues})["train"]
+    assert (1, 7) in rows
+    np.save(tmp_path / "p.npy", np.zeros((len(rows), 256, 256, 5), np.uint8))
+    argv = ["evaluate", "--pred", str(tmp_path / "p.npy"), "--data-dir", str(writable_fold), "--split", "train"]
+    assert "Masks/masks.npy: patch 7: mask has non-integer values (e.g. 0.5)" in _error(argv, capsys, tmp_path)
+
+
+def test_usage_errors_exit_2(three_folds, tmp_path, capsys):
+    for argv, message in [
+        (["--data-dir", three_folds, "--config", "folds"], "--config folds needs --split; valid: fold1, fold2, fold3"),
+        (["--data-dir", three_folds, "--split", "fold1"], "unknown split 'fold1' for --config part1; valid: train,"),
+        ([], "one of --data-dir or --sample is required"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", "--pred", str(tmp_path / "p.npy"), *argv])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_sample_is_scored_perfectly_by_its_own_masks(tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    from convert.common import sample_dir
+
+    _, masks, tissues = raw_fold(sample_dir((1,), cache))
+    rows = pim.assign_splits({1: tissues})["test"]
+    np.save(tmp_path / "p.npy", np.stack([masks[i] for _, i in rows]))
+    argv = ["evaluate", "--pred", str(tmp_path / "p.npy"), "--sample", "--cache-dir", cache]
+    assert main([*argv, "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["source"] == {"data_dir": None, "sample": True}
+    assert 0.9999 < result["mPQ"] < 1 and 0.9999 < result["bPQ"] < 1
