@@ -9,7 +9,7 @@ and the pictures. A format only says where each patch's files go and what they h
 - `finish(root, dataset_dict, options, out, records)` writes top-level files (out: the final folder;
   records: {split: records});
 - `estimate(dataset_dict, options)` lists the sizes of the files it will write, before writing;
-- `verify(root, dataset_dict, manifest)` re-derives every file and returns "file: what" problems.
+- `verify(root, dataset_dict, manifest, progress)` re-derives every file, returns "file: what" problems.
 """
 
 import importlib
@@ -52,7 +52,7 @@ class Format:
     def estimate(self, dataset_dict, options):
         raise NotImplementedError
 
-    def verify(self, root, dataset_dict, manifest):
+    def verify(self, root, dataset_dict, manifest, progress=None):
         raise NotImplementedError
 
 
