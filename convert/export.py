@@ -246,7 +246,7 @@ def export(args):
         options = {key: (options[key] if key in fmt.takes else None) for key in options}
         options["size"] = NATIVE_SIZE
         options["image_format"] = options["image_format"] or ("png" if args.format in ("coco", "yolo") else None)
-    check_free_space(out, disk_bytes(fmt.estimate(undecoded_dict(dataset_dict), options)))
+    check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
         records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out)
         manifest = {
@@ -273,10 +273,6 @@ def export(args):
         replace_tree(tmp, out)
     logger.info("wrote %d patches to %s as %s", len(records), out, args.format)
     return 0
-
-
-def undecoded_dict(dataset_dict):
-    return {split: undecoded(ds) for split, ds in dataset_dict.items()}
 
 
 def main(argv=None):

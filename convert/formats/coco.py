@@ -100,7 +100,7 @@ class Coco(Format):
         sizes = []
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], 256)
-            nuclei = dataset.data.table.column("nuclei")
+            nuclei = dataset.data.table.column("nuclei").combine_chunks()  # row indices over the whole split
             areas = pc.struct_field(pc.list_flatten(nuclei), "area").to_numpy(zero_copy_only=False)
             # Per image entry < 400 bytes; per annotation < 200 bytes plus its counts: at most 2 * area + 1
             # runs, each at most 4 characters (pycocotools writes 5 bits per character, runs < 65536).

@@ -37,7 +37,10 @@ def _create(path, shape):
     del array
     if hasattr(os, "posix_fallocate"):
         with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+            except OSError as exc:  # it names no file: name it, for the one-line message
+                raise OSError(exc.errno, exc.strerror, path) from None
 
 
 class PanNuke(Format):

@@ -110,7 +110,7 @@ class Yolo(Format):
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], 256)
             # A traced outline has fewer than 4 points per pixel of the nucleus, 2 x 9 characters each.
-            nuclei = dataset.data.table.column("nuclei")
+            nuclei = dataset.data.table.column("nuclei").combine_chunks()  # row indices over the whole split
             rows = pc.list_parent_indices(nuclei).to_numpy(zero_copy_only=False)
             areas = pc.struct_field(pc.list_flatten(nuclei), "area").to_numpy(zero_copy_only=False)
             sizes += np.bincount(rows, weights=4 + 18 * (4 * areas + 8), minlength=dataset.num_rows).tolist()
