@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 import pannuke_imagemask as pim
+
 from . import __version__
 from .common import (
     add_source_arguments,

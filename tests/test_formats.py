@@ -339,3 +339,51 @@ def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kag
     )
     assert _tree_digest(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("name", ["coco", "yolo", "hovernet", "pannuke"])
+def test_estimate_is_at_least_what_was_written(name, exports, kaggle_part1, cache):
+    from convert.formats import get_format
+
+    dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+    manifest = json.loads((exports / name / "export.json").read_text())
+    options = {key: manifest[key] for key in ("mask_style", "image_format", "size")}
+    estimated = sum(get_format(name).estimate(dataset_dict, options))
+    reports = ("export.json", "statistics.png", "samples.png")
+    written = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(exports / name)
+        for f in files
+        if not (d == str(exports / name) and f in reports)
+    )
+    assert written <= estimated
+
+
+def test_a_tree_without_format_in_export_json_verifies_as_imagemask(kaggle_part1, cache, tmp_path):
+    out = tmp_path / "old"
+    assert _export(out, kaggle_part1, cache, "--mask-style", "semantic") == 0
+    manifest = json.loads((out / "export.json").read_text())
+    del manifest["format"]  # as written by 1.0
+    (out / "export.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_yolo_folds_config_writes_the_three_protocol_splits(three_folds, cache, tmp_path):
+    out = tmp_path / "yolo-folds"
+    assert _export(out, three_folds, cache, "--format", "yolo", "--config", "folds") == 0
+    assert sorted(os.listdir(out / "labels")) == ["fold1", "fold2", "fold3"]
+    assert len(os.listdir(out / "images" / "fold2")) == 22
+    names = dict(enumerate(CLASS_NAMES))
+    for name, (train, val, test) in {
+        "data.yaml": ("fold1", "fold2", "fold3"),
+        "data_split2.yaml": ("fold2", "fold1", "fold3"),
+        "data_split3.yaml": ("fold3", "fold2", "fold1"),
+    }.items():
+        assert yaml.safe_load((out / name).read_text()) == {
+            "path": str(out),
+            "train": f"images/{train}",
+            "val": f"images/{val}",
+            "test": f"images/{test}",
+            "names": names,
+        }
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
+
 from . import Format, decode, file_set_problems, list_files, undecoded, write_bytes
 from .imagemask import compare_image, image_file, image_size_bounds
 

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 import pannuke_imagemask as pim
+
 from . import Format, decode, file_set_problems, list_files, npy_bytes, undecoded, write_bytes
 
 SHAPE = (256, 256, 5)
@@ -52,7 +53,7 @@ class HoverNet(Format):
 
     def estimate(self, dataset_dict, options):
         rows = sum(ds.num_rows for ds in dataset_dict.values())
-        return [npy_bytes(SHAPE, DTYPE)] * rows
+        return [npy_bytes(SHAPE, DTYPE)] * rows + [4096]  # and type_info.json
 
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {self.path(split, i) for split, ds in dataset_dict.items() for i in ds["id"]}

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 import pannuke_imagemask as pim
+
 from . import (
     NATIVE_SIZE,
     Format,

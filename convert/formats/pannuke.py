@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 import pannuke_imagemask as pim
+
 from . import Format, decode, file_set_problems, list_files, npy_bytes, undecoded, write_bytes
 
 SIDE = 256

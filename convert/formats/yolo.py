@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import yaml
 
 import pannuke_imagemask as pim
+
 from . import Format, decode, file_set_problems, list_files, undecoded, write_bytes
 from .imagemask import compare_image, image_file, image_size_bounds
 
