@@ -5,8 +5,9 @@
 
 Writes a fake fold in the real format (kept for later runs), then times: a bare loop (memory-mapped
 read + the builder's own conversions + PNG encoding, no `datasets`), the builder at num_proc 1 and 2,
-and the folder export at 1 and 2 processes against a bare export loop. Memory is the peak anonymous
-RSS (RssAnon) summed over the process tree: mapped file pages are page cache, not the tool's memory.
+and the folder export at 1 and 2 processes against a bare export loop, then every other --format at 1.
+Memory is the peak anonymous RSS (RssAnon) summed over the process tree: mapped file pages are page
+cache, not the tool's memory.
 """
 
 import argparse
@@ -25,6 +26,8 @@ import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
 from convert.export import render_mask
 from convert.sample import fold_paths, write_fold
+
+FORMATS = ("coco", "yolo", "hovernet", "pannuke")  # timed against the imagemask export at --num-proc 1
 
 
 def _rss_anon_kb(pid):
@@ -116,9 +119,10 @@ def measure(function, *args):
     return {"seconds": seconds, "peak_rss_anon": memory.peak, "output_bytes": written}
 
 
-def run_export(data_dir, cache_dir, out, num_proc):
+def run_export(data_dir, cache_dir, out, num_proc, export_format="imagemask"):
     shutil.rmtree(out, ignore_errors=True)
     argv = ["export", "--out", out, "--data-dir", data_dir, "--cache-dir", cache_dir, "--num-proc", str(num_proc)]
+    argv += ["--format", export_format]
     code = cli_main([*argv, "--quiet"])
     if code != 0:
         raise RuntimeError(f"export failed with exit code {code}")
@@ -188,6 +192,8 @@ def main(argv=None):
     r["bare_export"] = measure(bare_export_loop, paths, n, out)
     for num_proc in (1, 2):
         r[f"export_{num_proc}"] = measure(run_export, data_dir, cache_dir, out, num_proc)
+    for export_format in FORMATS:
+        r[f"export_{export_format}"] = measure(run_export, data_dir, cache_dir, out, 1, export_format)
     shutil.rmtree(out)
 
     def rate(key, seconds="seconds"):
@@ -221,6 +227,15 @@ def main(argv=None):
             rate("export_2"),
             f"{rate('export_2') / rate('export_1'):.2f}x --num-proc 1",
         ),
+    ]
+    rows += [
+        (
+            f"export --format {export_format} --num-proc 1, cache warm",
+            f"export_{export_format}",
+            rate(f"export_{export_format}"),
+            f"{r[f'export_{export_format}']['seconds'] / r['export_1']['seconds']:.2f}x imagemask time",
+        )
+        for export_format in FORMATS
     ]
     lines = [
         f"Fake fold of {n} patches ({source_bytes / 1e9:.1f} GB float64), {os.cpu_count()} CPUs, one run:",

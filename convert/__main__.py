@@ -1,8 +1,8 @@
 """pannuke-imagemask: export PanNuke as an image/mask folder tree, verify it, publish it to the Hub.
 
 Commands (each has --help):
-  export   write DIR/{train,valid,test}/{images,masks} from the builder's splits
-  verify   re-read an exported tree and compare every file with the source
+  export   write the builder's splits: an image/mask tree, or COCO, YOLO, HoVer-Net, PanNuke arrays
+  verify   re-read an export (any format) and compare every file with the source
   push     publish Parquet and a dataset card to the Hub (or --local-dir)
   evaluate score predictions on a split with PanNuke's mPQ and bPQ
   infos    regenerate dataset_infos.json from the builder

@@ -1,12 +1,12 @@
-"""Export PanNuke splits as an image/mask folder tree: DIR/{train,valid,test}/{images,masks}/<id>.<ext>.
+"""Export PanNuke splits in the format a framework trains on; default: an image/mask folder tree.
 
-The splits, ids and masks are exactly the builder's (pannuke_imagemask.py). Masks are always lossless
-PNG. The tree is written beside DIR and renamed into place only when complete.
+Formats (--format): imagemask DIR/{train,valid,test}/{images,masks}/<id>.<ext>; coco (RLE JSON per split);
+yolo (Ultralytics segmentation); hovernet (N x 256 x 256 x 5 arrays); pannuke (the official fold arrays).
+The splits, ids and masks are exactly the builder's (pannuke_imagemask.py). The tree is written beside
+DIR and renamed into place only when complete.
 """
 
 import argparse
-import csv
-import io
 import json
 import logging
 import multiprocessing
@@ -19,109 +19,43 @@ from datetime import datetime, timezone
 
 import datasets
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 import pannuke_imagemask as pim
+
 from . import __version__
-from .common import add_source_arguments, build_from_args, refuse_non_empty, run_cli, staging_dir
+from .common import (
+    add_source_arguments,
+    build_from_args,
+    check_free_space,
+    disk_bytes,
+    refuse_non_empty,
+    run_cli,
+    staging_dir,
+)
+from .formats import FORMAT_NAMES, NATIVE_SIZE, get_format, summary_row, undecoded
+from .formats.imagemask import (  # noqa: F401  (re-exported: the names of 1.0, used by benchmarks)
+    IMAGE_FORMATS,
+    JPEG_QUALITY,
+    MASK_STYLES,
+    METADATA_COLUMNS,
+    export_patch,
+    metadata_row,
+    read_metadata,
+    relative_paths,
+    render_mask,
+    resize_image,
+    split_dir,
+)
 
 logger = logging.getLogger(__name__)
 
-MASK_STYLES = ("color", "semantic", "binary", "instance")
-IMAGE_FORMATS = ("png", "jpg")
-JPEG_QUALITY = 95
-NATIVE_SIZE = 256
 TASK_PATCHES = 32  # patches per task handed to a worker: small enough for a smooth progress bar
-
-# Seed project's folder names: validation is "valid"; the folds config keeps fold1..fold3.
-SPLIT_DIRS = {"train": "train", "validation": "valid", "test": "test"}
-
 COLORS = pim.CLASS_COLORS  # RGB as it appears on screen, index = semantic class
 
-METADATA_COLUMNS = (
-    ["split", "id", "fold", "index", "tissue"]
-    + [f"n_{name}" for name in pim.NUCLEUS_CLASSES]
-    + ["n_nuclei", "image", "mask"]
-)
-
-
-def split_dir(split):
-    return SPLIT_DIRS.get(split, split)
-
-
-def render_mask(semantic, instance, style):
-    """The exported mask array of one patch in a style, from the builder's semantic and instance masks."""
-    if style == "color":
-        return COLORS[semantic]
-    if style == "semantic":
-        return semantic
-    if style == "binary":
-        return np.where(semantic > 0, 255, 0).astype(np.uint8)
-    if style == "instance":
-        return instance
-    raise ValueError(f"unknown mask style {style!r}; valid: {', '.join(MASK_STYLES)}")
-
-
-def resize_mask(mask, size):
-    """Nearest-neighbour resize: only label values already present can appear."""
-    if mask.shape[0] == size and mask.shape[1] == size:
-        return mask
-    return np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-
-
-def resize_image(image, size):
-    """High-quality (Lanczos) resize of an RGB PIL image."""
-    if image.size == (size, size):
-        return image
-    return image.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def encode_image(image, image_format):
-    if image_format == "png":
-        return pim.encode_png(np.asarray(image))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: keep stain colour
-    return buffer.getvalue()
-
-
-def export_patch(row, options):
-    """(image bytes, mask bytes) of one builder row (images not decoded), re-encoding only what changes."""
-    size, style, image_format = options["size"], options["mask_style"], options["image_format"]
-    image_png = row["image"]["bytes"]
-    if image_format == "png" and size == NATIVE_SIZE:
-        image_bytes = image_png
-    else:
-        image = Image.open(io.BytesIO(image_png)).convert("RGB")
-        image_bytes = encode_image(resize_image(image, size), image_format)
-    if size == NATIVE_SIZE and style in ("semantic", "instance"):
-        return image_bytes, row[f"{style}_mask"]["bytes"]
-    semantic = np.array(Image.open(io.BytesIO(row["semantic_mask"]["bytes"])))
-    instance = np.array(Image.open(io.BytesIO(row["instance_mask"]["bytes"]))) if style == "instance" else None
-    mask = resize_mask(render_mask(semantic, instance, style), size)
-    return image_bytes, pim.encode_semantic_png(mask) if style == "semantic" else pim.encode_png(mask)
-
-
-def relative_paths(split, patch_id, image_format):
-    folder = split_dir(split)
-    return (f"{folder}/images/{patch_id}.{image_format}", f"{folder}/masks/{patch_id}.png")
-
-
-def metadata_row(split, row, image_format):
-    counts = np.bincount([n["label"] for n in row["nuclei"]], minlength=len(pim.NUCLEUS_CLASSES))
-    image_path, mask_path = relative_paths(split, row["id"], image_format)
-    return (
-        [split_dir(split), row["id"], row["fold"], row["index"], pim.TISSUES[row["tissue"]]]
-        + counts.tolist()
-        + [int(counts.sum()), image_path, mask_path]
-    )
-
-
-def undecoded(dataset):
-    """The same rows with images as raw PNG bytes, so that unchanged files are copied, not re-encoded."""
-    for column in ("image", "semantic_mask", "instance_mask"):
-        dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    return dataset
+# The options only some formats take, their defaults, and how the command line spells them.
+FORMAT_OPTIONS = {"size": (NATIVE_SIZE, "--size"), "mask_style": ("color", "--mask-style"),
+                  "image_format": ("png", "--image-format")}  # fmt: skip
 
 
 # Worker state, set once per process by _init_worker (the Dataset pickles as a path to its Arrow files).
@@ -135,24 +69,20 @@ def _init_worker(state):
 
 
 def _export_task(task):
+    """(summary row, format record) of each patch of one task, in order."""
     split, start, stop = task
-    dataset, options, root = _WORKER["dataset_dict"][split], _WORKER["options"], _WORKER["root"]
-    rows = dataset[start:stop]
-    records = []
+    fmt, options, root = get_format(_WORKER["format"]), _WORKER["options"], _WORKER["root"]
+    rows = _WORKER["dataset_dict"][split][start:stop]
+    results = []
     for k in range(stop - start):
         row = {name: rows[name][k] for name in rows}
-        image_bytes, mask_bytes = export_patch(row, options)
-        image_path, mask_path = relative_paths(split, row["id"], options["image_format"])
-        with open(os.path.join(root, image_path), "wb") as f:
-            f.write(image_bytes)
-        with open(os.path.join(root, mask_path), "wb") as f:
-            f.write(mask_bytes)
-        records.append(metadata_row(split, row, options["image_format"]))
-    return records
+        record = fmt.write_patch(root, split, start + k, row, options)
+        results.append((summary_row(fmt, split, row), record))
+    return results
 
 
 def _run_tasks(tasks, num_proc, state):
-    """Each task's metadata rows, in task order, from this process or a pool of num_proc workers."""
+    """Each task's results, in task order, from this process or a pool of num_proc workers."""
     if num_proc <= 1:
         _WORKER.update(state)
         yield from map(_export_task, tasks)
@@ -162,35 +92,27 @@ def _run_tasks(tasks, num_proc, state):
         yield from pool.imap(_export_task, tasks)
 
 
-def write_tree(dataset_dict, options, root, num_proc=1):
-    """Write every split's files under root; return the metadata rows in split, (fold, index) order."""
+def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask", out=None):
+    """Write every split in a format under root; return the summary rows in split, (fold, index) order."""
+    fmt = get_format(format_name)
     dataset_dict = datasets.DatasetDict({split: undecoded(ds) for split, ds in dataset_dict.items()})
+    fmt.prepare(root, dataset_dict, options)
     tasks = []
     for split, dataset in dataset_dict.items():
-        for sub in ("images", "masks"):
-            os.makedirs(os.path.join(root, split_dir(split), sub), exist_ok=True)
         tasks += [(split, s, min(s + TASK_PATCHES, dataset.num_rows)) for s in range(0, dataset.num_rows, TASK_PATCHES)]
-    state = {"dataset_dict": dataset_dict, "options": options, "root": root}
-    records = []
+    state = {"dataset_dict": dataset_dict, "options": options, "root": root, "format": format_name}
+    summaries, records = [], {split: [] for split in dataset_dict}
     with tqdm(
         total=sum(ds.num_rows for ds in dataset_dict.values()), unit="patch", desc="Exporting", disable=None
     ) as bar:
-        for (_, start, stop), chunk in zip(tasks, _run_tasks(tasks, num_proc, state)):
-            records.extend(chunk)
+        for (split, start, stop), chunk in zip(tasks, _run_tasks(tasks, num_proc, state)):
+            summaries += [summary for summary, _ in chunk]
+            records[split] += [record for _, record in chunk]
             bar.update(stop - start)
-    return records
-
-
-def write_metadata(root, records):
-    with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
-        writer.writerows(records)
-
-
-def read_metadata(root):
-    with open(os.path.join(root, "metadata.csv"), newline="") as f:
-        return list(csv.reader(f))
+    for split, dataset in dataset_dict.items():
+        fmt.finish_split(root, split, records[split], dataset, options)
+    fmt.finish(root, dataset_dict, options, out or root, records)
+    return summaries
 
 
 def write_statistics(root, records):
@@ -277,12 +199,40 @@ def _get_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="the folder to write (refused if non-empty, unless --force)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, default="imagemask", help="what to write")
     add_source_arguments(parser)
-    parser.add_argument("--mask-style", choices=MASK_STYLES, default="color", help="how masks encode labels")
-    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="png", help="image files (masks are PNG)")
-    parser.add_argument("--size", type=int, default=NATIVE_SIZE, help="side of the square output in pixels")
+    # SUPPRESS: absent unless given, so that a format that does not take the option can say so.
+    parser.add_argument(
+        "--mask-style",
+        choices=MASK_STYLES,
+        default=argparse.SUPPRESS,
+        help="how masks encode labels (default: color)",
+    )
+    parser.add_argument(
+        "--image-format",
+        choices=IMAGE_FORMATS,
+        default=argparse.SUPPRESS,
+        help="image files (masks are PNG) (default: png)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=argparse.SUPPRESS, help="side of the square output in pixels (default: 256)"
+    )
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out once the new tree is complete")
     return parser
+
+
+def parse_args(argv=None):
+    """Parsed options, with --size/--mask-style/--image-format refused (exit 2) for formats that do not take them."""
+    parser = _get_parser()
+    args = parser.parse_args(argv)
+    fmt = get_format(args.format)
+    for key, (default, flag) in FORMAT_OPTIONS.items():
+        if hasattr(args, key) and key not in fmt.takes:
+            takers = [name for name in FORMAT_NAMES if key in get_format(name).takes]
+            parser.error(f"{flag} applies to --format {', '.join(takers)} only, not {args.format}")
+        if not hasattr(args, key):
+            setattr(args, key, default)
+    return args
 
 
 def export(args):
@@ -291,23 +241,29 @@ def export(args):
     out = os.path.abspath(args.out)
     refuse_non_empty(out, args.force, "replace")
     dataset_dict, source = build_from_args(args)
+    fmt = get_format(args.format)
     options = {"mask_style": args.mask_style, "image_format": args.image_format, "size": args.size}
+    if args.format != "imagemask":  # what the format writes, as export.json records it
+        options = {key: (options[key] if key in fmt.takes else None) for key in options}
+        options["size"] = NATIVE_SIZE
+        options["image_format"] = options["image_format"] or ("png" if args.format in ("coco", "yolo") else None)
+    check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
-        records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc)
-        write_metadata(tmp, records)
+        records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out)
         manifest = {
             "tool": "pannuke-imagemask",
             "version": __version__,
             "builder_version": str(pim.PanNukeImageMask.VERSION),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "format": args.format,
             "source": source,
             "config": args.config,
             "split_seed": args.split_seed,
             "split_ratios": list(args.split_ratios),
             **options,
-            "jpeg_quality": JPEG_QUALITY if args.image_format == "jpg" else None,
+            "jpeg_quality": JPEG_QUALITY if options["image_format"] == "jpg" else None,
             "num_proc": args.num_proc,
-            "splits": {split_dir(s): ds.num_rows for s, ds in dataset_dict.items()},
+            "splits": {fmt.split_dir(s): ds.num_rows for s, ds in dataset_dict.items()},
         }
         with open(os.path.join(tmp, "export.json"), "w") as f:
             json.dump(manifest, f, indent=2)
@@ -316,12 +272,12 @@ def export(args):
         write_samples(tmp, dataset_dict)
         refuse_non_empty(out, args.force, "replace")  # someone may have written there while we worked
         replace_tree(tmp, out)
-    logger.info("wrote %d patches to %s", len(records), out)
+    logger.info("wrote %d patches to %s as %s", len(records), out, args.format)
     return 0
 
 
 def main(argv=None):
-    return run_cli("export", export, _get_parser().parse_args(argv))
+    return run_cli("export", export, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ def test_export_json_records_every_option(color_tree, kaggle_part1):
         "tool": "pannuke-imagemask",
         "version": __version__,
         "builder_version": "1.1.0",
+        "format": "imagemask",
         "source": {"data_dir": os.path.abspath(kaggle_part1), "sample": False},
         "config": "part1",
         "split_seed": 0,
