@@ -38,3 +38,17 @@ def test_install_has_a_unique_import_name_and_a_working_console_script(tmp_path)
         name for name in os.listdir(site.stdout.strip()) if not name.endswith(".dist-info") and name != "__pycache__"
     )
     assert installed == ["pannuke_convert", "pannuke_imagemask.py"]
+    package = os.path.join(site.stdout.strip(), "pannuke_convert")
+    shipped = sorted(
+        os.path.relpath(os.path.join(d, f), package).replace(os.sep, "/")
+        for d, _, files in os.walk(package)
+        for f in files
+        if "__pycache__" not in d
+    )
+    source = sorted(
+        os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "convert")).replace(os.sep, "/")
+        for d, _, files in os.walk(os.path.join(ROOT, "convert"))
+        for f in files
+        if "__pycache__" not in d
+    )
+    assert shipped == source  # every module, every format, the card template
