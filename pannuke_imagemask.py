@@ -259,23 +259,29 @@ def ids_to_labels(ids):
 
 
 def encode_png(array, palette=None):
-    """Lossless PNG bytes of a uint8 (H, W) / (H, W, 3) or uint16 (H, W) array; with a palette, a `P` image.
-
-    RGB goes through OpenCV when it is installed: with zlib's run-length strategy at level 1 it takes
-    about half of Pillow's time on H&E patches, for the same pixels (the bytes differ; PNG is lossless
-    either way). Small single-channel masks are faster through Pillow, and only Pillow writes palettes.
-    """
-    if cv2 is not None and array.ndim == 3 and array.dtype == np.uint8:
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), _CV2_PNG)  # OpenCV wants BGR
-        if not ok:
-            raise ValueError("OpenCV could not encode the image as PNG")
-        return encoded.tobytes()
+    """Lossless PNG bytes of a uint8 (H, W) / (H, W, 3) or uint16 (H, W) array; with a palette, a `P` image."""
     image = Image.fromarray(array)
     if palette is not None:
         image.putpalette(palette.tobytes())  # L becomes P: the indices stay, the palette only colours them
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def encode_image_png(image):
+    """Lossless PNG bytes of an (H, W, 3) uint8 RGB patch: the costliest step of the whole pipeline.
+
+    Through OpenCV when it is installed: zlib's run-length strategy at level 1 takes about half of
+    Pillow's time on these patches for the same pixels (the bytes differ; PNG is lossless either way).
+    Masks stay with Pillow (encode_png): mostly background, they are faster there, and only Pillow
+    writes palettes.
+    """
+    if cv2 is None:
+        return encode_png(image)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), _CV2_PNG)  # OpenCV wants BGR
+    if not ok:
+        raise ValueError("OpenCV could not encode the image as PNG")
+    return encoded.tobytes()
 
 
 def encode_semantic_png(semantic):
@@ -664,7 +670,7 @@ class PanNukeImageMask(datasets.GeneratorBasedBuilder):
                     key,
                     {
                         "id": key,
-                        "image": {"path": None, "bytes": encode_png(image)},
+                        "image": {"path": None, "bytes": encode_image_png(image)},
                         "semantic_mask": {"path": None, "bytes": encode_semantic_png(semantic)},
                         "instance_mask": {"path": None, "bytes": encode_png(instance)},
                         "nuclei": nuclei,

@@ -196,6 +196,18 @@ def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built
     return f"---\n{header}---\n\n{body}"
 
 
+def card_for(args, built, existing):
+    """The card of a push: this run's configs merged into an existing card's metadata."""
+    return render_card(
+        args.repo_id,
+        card_metadata(built, existing),
+        args.split_seed,
+        args.split_ratios,
+        sample=args.sample,
+        built=built,
+    )
+
+
 def write_local_shards(dataset_dict, config, folder, max_shard_size):
     """Parquet shards named and cut as push_to_hub names and cuts them (nothing to embed: images are bytes)."""
     max_bytes = datasets.utils.py_utils.convert_file_size_to_int(max_shard_size)
@@ -224,14 +236,7 @@ def push_local(args, configs):
             write_local_shards(dataset_dict, config, tmp, args.max_shard_size)
         card_path = os.path.join(local_dir, "README.md")
         existing = _read_card_yaml(card_path) if os.path.exists(card_path) else None
-        card = render_card(
-            args.repo_id,
-            card_metadata(built, existing),
-            args.split_seed,
-            args.split_ratios,
-            sample=args.sample,
-            built=built,
-        )
+        card = card_for(args, built, existing)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
         write_extras(tmp, built)
@@ -265,14 +270,7 @@ def push_hub(args, configs, token):
         existing = _read_card_yaml(card_file)
     except EntryNotFoundError:
         existing = None
-    card = render_card(
-        args.repo_id,
-        card_metadata(built, existing),
-        args.split_seed,
-        args.split_ratios,
-        sample=args.sample,
-        built=built,
-    )
+    card = card_for(args, built, existing)
     with tempfile.TemporaryDirectory() as extras:
         write_extras(extras, built)
         operations = [CommitOperationAdd("README.md", card.encode())] + [

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import http.server
+import io
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, real_types
+from PIL import Image
 from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -567,3 +569,15 @@ def test_default_kwargs_reuse_the_cache(kaggle_part1, tmp_path):
     assert len(prepared) == 1 and prepared[0].startswith("part1-")
     pim.build("part1", data_dir=kaggle_part1, cache_dir=cache, split_seed=1)
     assert len([d for d in os.listdir(os.path.join(cache, "pannuke_imagemask")) if not d.endswith(".lock")]) == 2
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_image_png_is_lossless_rgb_with_or_without_opencv(opencv, monkeypatch):
+    if not opencv:  # the loading script under datasets<4 may run where OpenCV is not installed
+        monkeypatch.setattr(pim, "cv2", None)
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    image[0, 0] = (255, 0, 0)  # pure red: a red/blue swap would show here
+    decoded = Image.open(io.BytesIO(pim.encode_image_png(image)))
+    assert decoded.mode == "RGB" and decoded.getpixel((0, 0)) == (255, 0, 0)
+    np.testing.assert_array_equal(np.asarray(decoded), image)
