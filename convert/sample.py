@@ -87,7 +87,7 @@ def fake_patch(fold, index):
     if index != VOID_ROW:
         mask[..., 5] = (mask[..., :5] == 0).all(axis=-1)
     image = np.clip(np.rint(image), 0, 255)
-    image[0, 0] = (0.0, 255.0, 0.0)  # the extremes of the range, and a pure green to catch RGB/BGR swaps
+    image[0, 0] = (255.0, 0.0, 0.0)  # the extremes of the range, and a pure red to catch RGB/BGR swaps
     return image, mask
 
 

@@ -99,9 +99,9 @@ def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tr
             with Image.open(color_tree / split / "masks" / name) as mask:
                 assert mask.mode == "RGB"
                 np.testing.assert_array_equal(np.array(mask), _expected_mask("color", masks[index]))
-    # Pixel (0, 0) of every fake image is pure green: a red/blue swap would show here.
+    # Pixel (0, 0) of every fake image is pure red: a red/blue swap would show here.
     with Image.open(color_tree / "train" / "images" / "fold1_00000.png") as image:
-        assert image.getpixel((0, 0)) == (0, 255, 0)
+        assert image.getpixel((0, 0)) == (255, 0, 0)
 
 
 @pytest.mark.parametrize("style, mode", [("semantic", "P"), ("binary", "L"), ("instance", "I;16")])
