@@ -323,11 +323,11 @@ def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kag
     written = []
     real_write = imagemask.write_bytes
 
-    def filling_up(path, data):
+    def filling_up(path, *chunks):
         if len(written) == 8:  # the 5th patch's image: fold1_00004 is the 5th patch of train
             raise OSError(errno.ENOSPC, "No space left on device", path)
         written.append(path)
-        real_write(path, data)
+        real_write(path, *chunks)
 
     monkeypatch.setattr(imagemask, "write_bytes", filling_up)
     assert _export(out, kaggle_part1, cache, "--force", "--num-proc", "1") == 1

@@ -56,10 +56,10 @@ class Format:
         raise NotImplementedError
 
 
-def write_bytes(path, data):
-    """The one way formats write a file (a single place to fail, e.g. with ENOSPC)."""
+def write_bytes(path, *chunks):
+    """The one way formats write a file (a single place to fail, e.g. with ENOSPC); chunks are bytes-like."""
     with open(path, "wb") as f:
-        f.write(data)
+        f.writelines(chunks)
 
 
 def undecoded(dataset):

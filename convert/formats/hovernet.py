@@ -23,16 +23,19 @@ TYPE_INFO = {
 
 
 def patch_array(row):
-    image = decode(row["image"]["bytes"])
-    instance = decode(row["instance_mask"]["bytes"])
-    semantic = decode(row["semantic_mask"]["bytes"])
-    return np.dstack([image, instance, semantic]).astype(DTYPE)
+    """R, G, B, instance, type as one int32 array, filled in place (no stacking, no second cast)."""
+    array = np.empty(SHAPE, dtype=DTYPE)
+    array[..., :3] = decode(row["image"]["bytes"])
+    array[..., 3] = decode(row["instance_mask"]["bytes"])
+    array[..., 4] = decode(row["semantic_mask"]["bytes"])
+    return array
 
 
-def npy_file(array):
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+def npy_chunks(array):
+    """The .npy file of a C-contiguous array as (header, data): written as they are, without a joined copy."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return header.getvalue(), memoryview(array).cast("B")
 
 
 class HoverNet(Format):
@@ -46,7 +49,7 @@ class HoverNet(Format):
             os.makedirs(os.path.join(root, self.split_dir(split)), exist_ok=True)
 
     def write_patch(self, root, split, position, row, options):
-        write_bytes(os.path.join(root, self.path(split, row["id"])), npy_file(patch_array(row)))
+        write_bytes(os.path.join(root, self.path(split, row["id"])), *npy_chunks(patch_array(row)))
 
     def finish(self, root, dataset_dict, options, out, records):
         write_bytes(os.path.join(root, "type_info.json"), (json.dumps(TYPE_INFO, indent=2) + "\n").encode())
