@@ -242,11 +242,9 @@ def export(args):
     refuse_non_empty(out, args.force, "replace")
     dataset_dict, source = build_from_args(args)
     fmt = get_format(args.format)
-    options = {"mask_style": args.mask_style, "image_format": args.image_format, "size": args.size}
-    if args.format != "imagemask":  # what the format writes, as export.json records it
-        options = {key: (options[key] if key in fmt.takes else None) for key in options}
-        options["size"] = NATIVE_SIZE
-        options["image_format"] = options["image_format"] or ("png" if args.format in ("coco", "yolo") else None)
+    # What the format writes, as export.json records it: None for an option the format does not take.
+    options = {key: getattr(args, key) if key in fmt.takes else None for key in ("mask_style", "image_format", "size")}
+    options["size"] = options["size"] or NATIVE_SIZE
     check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
         records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out)

@@ -105,10 +105,10 @@ def split_statistics(dataset):
     """(nuclei per class, patches per tissue, patches without nuclei) of one split, counted from its rows."""
     nuclei = [0] * len(pim.NUCLEUS_CLASSES)
     empty = 0
-    for patch in dataset.select_columns(["nuclei"]).with_format("arrow").iter(batch_size=1000):
-        lengths = patch["nuclei"].combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
-        empty += int((lengths == 0).sum())
-        labels = patch["nuclei"].combine_chunks().flatten().field("label").to_numpy(zero_copy_only=False)
+    for batch in dataset.select_columns(["nuclei"]).with_format("arrow").iter(batch_size=1000):
+        column = batch["nuclei"].combine_chunks()
+        empty += int((column.value_lengths().to_numpy(zero_copy_only=False) == 0).sum())
+        labels = column.flatten().field("label").to_numpy(zero_copy_only=False)
         for label, count in zip(*np.unique(labels, return_counts=True)):
             nuclei[int(label)] += int(count)
     tissues = collections.Counter(pim.TISSUES[t] for t in dataset["tissue"])
