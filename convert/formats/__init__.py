@@ -9,9 +9,12 @@ and the pictures. A format only says where each patch's files go and what they h
 - `finish(root, dataset_dict, options, out, records)` writes top-level files (out: the final folder;
   records: {split: records});
 - `estimate(dataset_dict, options)` lists the sizes of the files it will write, before writing;
-- `verify(root, dataset_dict, manifest, progress)` re-derives every file, returns "file: what" problems.
+- `verify(root, dataset_dict, manifest, progress)` re-derives every file, returns "file: what" problems;
+- `consumer_files`: glob patterns (relative to the tree) of the files a framework that reads the tree
+  leaves in it (Ultralytics' label caches, cellpose's flows): verify does not count them as foreign.
 """
 
+import fnmatch
 import importlib
 import io
 import os
@@ -31,6 +34,7 @@ class Format:
 
     name = ""
     takes = ()  # which of the options size, mask_style, image_format it accepts
+    consumer_files: ClassVar[tuple] = ()  # fnmatch patterns of files a consumer may leave in the tree
     split_dirs: ClassVar[dict] = {"train": "train", "validation": "valid", "test": "test"}  # fold1..3 unchanged
 
     @classmethod
@@ -148,10 +152,20 @@ def list_files(root):
     return found
 
 
-def file_set_problems(expected, actual):
-    """'missing' and 'not in the source's splits' lines for two sets of relative paths."""
+def _matches(path, pattern):
+    """fnmatch per path component: `labels/*.cache` is labels/train.cache, not labels/train/x.cache."""
+    parts, wanted = path.split("/"), pattern.split("/")
+    return len(parts) == len(wanted) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, wanted))
+
+
+def file_set_problems(expected, actual, ignore=()):
+    """'missing' and 'not in the source's splits' lines for two sets of relative paths.
+
+    ignore: fnmatch patterns of files a consumer of the format leaves in the tree; not foreign.
+    """
+    foreign = [path for path in sorted(actual - expected) if not any(_matches(path, p) for p in ignore)]
     return [f"{path}: missing" for path in sorted(expected - actual)] + [
-        f"{path}: not in the source's splits" for path in sorted(actual - expected)
+        f"{path}: not in the source's splits" for path in foreign
     ]
 
 

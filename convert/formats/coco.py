@@ -116,7 +116,7 @@ class Coco(Format):
             for fold, index in zip(dataset["fold"], dataset["index"]):
                 expected.add(f"{self.split_dir(split)}/images/{image_id(fold, index)}.{image_format}")
         actual = list_files(root)
-        problems = file_set_problems(expected, actual)
+        problems = file_set_problems(expected, actual, self.consumer_files)
         for split, dataset in dataset_dict.items():
             records = []
             for row in undecoded(dataset):

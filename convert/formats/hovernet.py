@@ -61,7 +61,7 @@ class HoverNet(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {self.path(split, i) for split, ds in dataset_dict.items() for i in ds["id"]}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual)
+        problems = file_set_problems(expected, actual, self.consumer_files)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 path = self.path(split, row["id"])

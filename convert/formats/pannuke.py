@@ -79,7 +79,7 @@ class PanNuke(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {f"{self.split_dir(split)}/{name}" for split in dataset_dict for name in FILES}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual)
+        problems = file_set_problems(expected, actual, self.consumer_files)
         for split, dataset in dataset_dict.items():
             folder = self.split_dir(split)
             arrays = {}

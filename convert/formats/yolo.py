@@ -1,12 +1,16 @@
 """yolo: Ultralytics segmentation, DIR/images/{train,val,test}/<id>.png, DIR/labels/.../<id>.txt, data.yaml.
 
 One line per nucleus: `class x1 y1 x2 y2 ...`, class = label 0..4, coordinates divided by the width and
-height, 6 decimals. Coordinates are continuous: pixel (x, y) covers [x, x+1) x [y, y+1). The outline is
-traced by OpenCV (`findContours`, external, CHAIN_APPROX_SIMPLE) through the centres of the nucleus'
-boundary pixels (x + 0.5, y + 0.5). A piece too small for three distinct outline points (one pixel, a
-1-pixel line) becomes the convex hull of its pixels' corners. A nucleus in several pieces is one line:
-the pieces are joined at their closest points by zero-width bridges, as Ultralytics' COCO converter
-(`merge_multi_segment`) does.
+height, 6 decimals. The line is written for the way Ultralytics reads it back: `polygon2mask` multiplies
+by the size, casts to int32 (so any point in [x, x + 1) lands on pixel x) and fills with OpenCV
+(`fillPoly`, edges included, even-odd). Every vertex therefore sits strictly inside one of the nucleus'
+own border pixels, 1/64 px from its edge, so that a one-piece nucleus (8-connected; one pixel, lines and
+holes included) fills back exactly and the box Ultralytics derives from the line is the pixel extent
+[x, y, x + w, y + h] within 1/64 px. A hole is spliced into the outline by a vertical zero-width bridge
+over the nucleus' own pixels. A nucleus in several pieces is one line: the pieces are joined at their
+closest points by zero-width bridges, as Ultralytics' COCO converter (`merge_multi_segment`) does; the
+bridges are the only pixels the fill adds. data.yaml names no `path`: Ultralytics then reads the tree
+the YAML is in, wherever it has been moved.
 """
 
 import os
@@ -27,17 +31,75 @@ FOLD_PROTOCOL = {1: ("fold1", "fold2", "fold3"), 2: ("fold2", "fold1", "fold3"),
 DECIMALS = 6
 
 
+# How far inside its pixel a vertex sits. Ultralytics rasterises a line as cv2.fillPoly of the coordinates times
+# 256 cast to int32 (edges included), so a vertex anywhere in [x, x + 1) lands on pixel x; 1/64 px keeps every
+# vertex off the pixel's edges through 6-decimal rounding (1.3e-4 px) and float32 (1.5e-5 px), and keeps the
+# box Ultralytics derives from the line (its extreme vertices) within 1/64 px of the nucleus' pixel extent.
+INSET = 1 / 64
+
+
+def _outline(up, points):
+    """A closed walk over the doubled mask's half-pixels as (n, 2) x, y vertices in pixels, each inside a nucleus pixel.
+
+    A half-pixel maps to its pixel's near edge (first half) or far edge (second half), INSET inside: the
+    outline then hugs the pixel extent. A diagonal step that changes pixel in both x and y would cross a
+    pixel corner, where rounding could pick an outside pixel: it goes round through the half-pixel at the
+    corner that belongs to the nucleus (there is none only where two pixels touch at a corner alone).
+    Points on a straight run are dropped: the line stays as short as the outline allows.
+    """
+    following = np.roll(points, -1, axis=0)
+    step = following - points
+    crossing = (np.abs(step) == 1).all(axis=1) & ((points // 2) != (following // 2)).all(axis=1)
+    for k in np.flatnonzero(crossing)[::-1]:
+        (x, y), (nx, ny) = points[k], following[k]
+        corner = (nx, y) if up[y, nx] else (x, ny) if up[ny, x] else None
+        if corner is not None:
+            points = np.insert(points, k + 1, corner, axis=0)
+    vertices = points // 2 + np.where(points % 2 == 1, 1 - INSET, INSET)
+    before = vertices - np.roll(vertices, 1, axis=0)
+    after = np.roll(vertices, -1, axis=0) - vertices
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    straight = (cross == 0) & ((before * after).sum(axis=1) > 0)  # exact: the values are multiples of 1/64
+    return vertices[~straight] if (~straight).sum() >= 3 else vertices
+
+
+def _splice_holes(up, outer, holes):
+    """The outer border walk with every hole's border spliced in by a zero-width vertical bridge.
+
+    From a hole's topmost half-pixel the bridge goes straight up over the nucleus' own half-pixels to the
+    first one below background: a half-pixel of a border already walked (the outside, or a hole higher
+    up, spliced earlier). Walked there and back, the bridge adds no area under OpenCV's even-odd fill and
+    the hole stays open; being vertical, it rasterises onto the nucleus' pixels only.
+    """
+    walk = outer
+    for hole in sorted(holes, key=lambda h: (h[:, 1].min(), h[np.argmin(h[:, 1]), 0])):
+        top = int(np.lexsort((hole[:, 0], hole[:, 1]))[0])
+        x, y = hole[top]
+        end = y
+        while up[end - 1, x]:
+            end -= 1
+        (at,) = np.flatnonzero((walk[:, 0] == x) & (walk[:, 1] == end))[:1]
+        hole = np.roll(hole, -top, axis=0)
+        walk = np.concatenate([walk[: at + 1], hole, hole[:1], walk[at:]])
+    return walk
+
+
 def _pieces(mask):
-    """Each connected piece's outline as float (n, 2) x, y points, in OpenCV's order."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    """Each 8-connected piece of a mask as one outline (its holes spliced in), in OpenCV's order."""
+    # Doubled, a one-pixel piece or line still has an outline through distinct points on both of its sides.
+    up = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
+    up = np.pad(up, 1)  # a border of background: every walk up from a hole ends inside the array
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     pieces = []
-    for contour in contours:
-        points = contour.reshape(-1, 2)
-        if len(np.unique(points, axis=0)) >= 3:
-            pieces.append(points + 0.5)
+    for k, (_, _, child, parent) in enumerate(hierarchy[0] if contours else []):
+        if parent != -1:
             continue
-        corners = np.concatenate([points + offset for offset in ((0, 0), (1, 0), (1, 1), (0, 1))])
-        pieces.append(cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64))
+        holes = []
+        while child != -1:
+            holes.append(contours[child].reshape(-1, 2))
+            child = hierarchy[0][child][0]
+        walk = _splice_holes(up, contours[k].reshape(-1, 2), holes) - 1  # undo the padding
+        pieces.append(_outline(up[1:-1, 1:-1], walk))
     return pieces
 
 
@@ -86,6 +148,7 @@ class Yolo(Format):
     name = "yolo"
     takes = ("image_format",)
     split_dirs = SPLIT_DIRS
+    consumer_files = ("labels/*.cache",)  # Ultralytics caches what it read of each labels/<split> folder
 
     def paths(self, split, patch_id, image_format):
         folder = self.split_dir(split)
@@ -103,7 +166,7 @@ class Yolo(Format):
         write_bytes(os.path.join(root, label_path), text.encode())
 
     def finish(self, root, dataset_dict, options, out, records):
-        for name, text in data_yamls(out, [self.split_dir(s) for s in dataset_dict]).items():
+        for name, text in data_yamls([self.split_dir(s) for s in dataset_dict]).items():
             write_bytes(os.path.join(root, name), text.encode())
 
     def estimate(self, dataset_dict, options):
@@ -121,7 +184,7 @@ class Yolo(Format):
         image_format = manifest["image_format"]
         expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i, image_format)}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual)
+        problems = file_set_problems(expected, actual, self.consumer_files)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 image_path, label_path = self.paths(split, row["id"], image_format)
@@ -137,22 +200,19 @@ class Yolo(Format):
                         problems.append(f"{label_path}: differs from the outlines of the source's nuclei")
                 if progress:
                     progress(1)
-        out = os.path.abspath(root)
-        for name, text in data_yamls(out, [self.split_dir(s) for s in dataset_dict]).items():
+        for name, text in data_yamls([self.split_dir(s) for s in dataset_dict]).items():
             try:
                 with open(os.path.join(root, name)) as f:
                     written = yaml.safe_load(f)
             except (OSError, yaml.YAMLError) as exc:
                 problems.append(f"{name}: cannot be read as YAML ({exc})")
                 continue
-            wanted = yaml.safe_load(text)
-            written.pop("path", None), wanted.pop("path", None)  # the tree may have been moved since
-            if written != wanted:
+            if written != yaml.safe_load(text):
                 problems.append(f"{name}: differs")
         return problems
 
 
-def data_yamls(out, folders):
+def data_yamls(folders):
     """{file name: YAML text}: data.yaml; for the folds config also data_split{2,3}.yaml (official protocol)."""
     names = dict(enumerate(pim.NUCLEUS_CLASSES))
     if set(folders) == {"fold1", "fold2", "fold3"}:
@@ -163,7 +223,7 @@ def data_yamls(out, folders):
         arrangements = {"data.yaml": tuple(f if f in folders else None for f in ("train", "val", "test"))}
     files = {}
     for name, (train, val, test) in arrangements.items():
-        content = {"path": out}
+        content = {}
         for key, folder in (("train", train), ("val", val), ("test", test)):
             if folder:
                 content[key] = f"images/{folder}"
