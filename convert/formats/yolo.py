@@ -50,11 +50,15 @@ def _outline(up, points):
     following = np.roll(points, -1, axis=0)
     step = following - points
     crossing = (np.abs(step) == 1).all(axis=1) & ((points // 2) != (following // 2)).all(axis=1)
-    for k in np.flatnonzero(crossing)[::-1]:
-        (x, y), (nx, ny) = points[k], following[k]
-        corner = (nx, y) if up[y, nx] else (x, ny) if up[ny, x] else None
-        if corner is not None:
-            points = np.insert(points, k + 1, corner, axis=0)
+    if crossing.any():
+        here, there = points[crossing], following[crossing]
+        across = np.column_stack([there[:, 0], here[:, 1]])  # x first, then y
+        down = np.column_stack([here[:, 0], there[:, 1]])  # y first, then x
+        use_across = up[across[:, 1], across[:, 0]].astype(bool)
+        use_down = ~use_across & up[down[:, 1], down[:, 0]].astype(bool)
+        corners = np.where(use_across[:, None], across, down)
+        keep = use_across | use_down
+        points = np.insert(points, np.flatnonzero(crossing)[keep] + 1, corners[keep], axis=0)
     vertices = points // 2 + np.where(points % 2 == 1, 1 - INSET, INSET)
     before = vertices - np.roll(vertices, 1, axis=0)
     after = np.roll(vertices, -1, axis=0) - vertices
@@ -139,7 +143,8 @@ def label_text(instance, nuclei):
     height, width = instance.shape
     lines = []
     for nucleus in nuclei:
-        points = nucleus_polygon(instance == nucleus["id"]) / (width, height)
+        x, y, w, h = nucleus["bbox"]  # trace within the nucleus' box: a fraction of the patch's pixels
+        points = (nucleus_polygon(instance[y : y + h, x : x + w] == nucleus["id"]) + (x, y)) / (width, height)
         lines.append(" ".join([str(nucleus["label"]), *(f"{v:.{DECIMALS}f}" for v in points.ravel())]))
     return "".join(line + "\n" for line in lines)
 
