@@ -12,6 +12,7 @@ and the pictures. A format only says where each patch's files go and what they h
 - `verify(root, dataset_dict, manifest, progress)` re-derives every file, returns "file: what" problems.
 """
 
+import fnmatch
 import importlib
 import io
 import os
@@ -32,6 +33,9 @@ class Format:
     name = ""
     takes = ()  # which of the options size, mask_style, image_format it accepts
     split_dirs: ClassVar[dict] = {"train": "train", "validation": "valid", "test": "test"}  # fold1..3 unchanged
+    # Glob patterns (fnmatch, relative to the tree) of files the consuming framework itself writes into the
+    # tree, e.g. cached training targets: verify does not report them as unexpected.
+    consumer_files: tuple = ()
 
     @classmethod
     def split_dir(cls, split):
@@ -148,14 +152,18 @@ def list_files(root):
     return found
 
 
-def file_set_problems(expected, actual):
-    """'missing' and 'not in the source's splits' lines for two sets of relative paths."""
+def file_set_problems(expected, actual, ignore=()):
+    """'missing' and 'not in the source's splits' lines for two sets of relative paths.
+
+    ignore: fnmatch patterns of unexpected files that are not problems (a format's consumer_files).
+    """
+    unexpected = [p for p in sorted(actual - expected) if not any(fnmatch.fnmatchcase(p, g) for g in ignore)]
     return [f"{path}: missing" for path in sorted(expected - actual)] + [
-        f"{path}: not in the source's splits" for path in sorted(actual - expected)
+        f"{path}: not in the source's splits" for path in unexpected
     ]
 
 
-FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke")  # one module each, defining FORMAT
+FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellpose")  # one module each, defining FORMAT
 
 
 def get_format(name):
