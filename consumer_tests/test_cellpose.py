@@ -21,6 +21,9 @@ from convert.sample import fake_tissues
 # The command docs/formats.md gives, minus the options that only load or save a model.
 TRAIN_COMMAND = ["--train", "--dir", "DIR/train", "--test_dir", "DIR/valid", "--mask_filter", "_masks",
                  "--min_train_masks", "0", "--n_epochs", "100", "--verbose"]  # fmt: skip
+# Evaluation: without --no_npy cellpose writes <id>_seg.npy beside each image (verify would name them).
+EVAL_COMMAND = ["--dir", "DIR/test", "--pretrained_model", "DIR/train/models/NAME", "--no_npy", "--save_png",
+                "--savedir", "PRED"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,8 @@ def test_the_documented_command_parses_with_cellposes_own_parser(tree):
     assert (args.mask_filter, args.min_train_masks, args.img_filter) == ("_masks", 0, [])
     assert args.look_one_level_down is False
     assert cli.get_arg_parser().parse_args([]).min_train_masks == 5  # the default drops patches: hence the option
+    args = cli.get_arg_parser().parse_args(EVAL_COMMAND)
+    assert (args.train, args.dir, args.no_npy, args.save_png, args.savedir) == (False, "DIR/test", True, True, "PRED")
 
 
 def test_loader_reads_every_image_and_mask_as_the_reference(tree, members, reference):
