@@ -1,0 +1,60 @@
+"""cellpose: DIR/{split}/<id>.png (RGB) beside <id>_masks.png (16-bit instance map), as Cellpose trains on.
+
+Cellpose (`cellpose --train`, `cellpose.io.load_train_test_data`) reads one folder per split and pairs
+each image with the file named like it plus the mask filter (`_masks`, its default). The image is the
+builder's PNG and the mask the builder's instance PNG, both copied byte for byte: 0 background, 1..K
+the nuclei, uint16 (cv2.imread(path, -1) reads it as uint16). Cellpose is class-agnostic: the nucleus
+classes are not written (any other image file in a split folder would be read as one more training
+image). Training writes `<id>_flows.tif` beside each image and, from the command line, the model under
+`<--dir>/models/`: verify accepts those and names every other unexpected file.
+"""
+
+import os
+
+from . import Format, compare_png, file_set_problems, list_files, png_lengths, undecoded, write_bytes
+
+MASK_SUFFIX = "_masks"  # cellpose's default --mask_filter
+
+
+class Cellpose(Format):
+    name = "cellpose"
+    # dynamics.labels_to_flows caches each image's flows as <image stem>_flows.tif; the CLI saves the
+    # trained model in <--dir>/models/ (train.train_seg with save_path=--dir).
+    consumer_files = ("*/*_flows.tif", "*/models/*")
+
+    def paths(self, split, patch_id):
+        folder = self.split_dir(split)
+        return f"{folder}/{patch_id}.png", f"{folder}/{patch_id}{MASK_SUFFIX}.png"
+
+    def prepare(self, root, dataset_dict, options):
+        for split in dataset_dict:
+            os.makedirs(os.path.join(root, self.split_dir(split)), exist_ok=True)
+
+    def write_patch(self, root, split, position, row, options):
+        image_path, mask_path = self.paths(split, row["id"])
+        write_bytes(os.path.join(root, image_path), row["image"]["bytes"])
+        write_bytes(os.path.join(root, mask_path), row["instance_mask"]["bytes"])
+
+    def estimate(self, dataset_dict, options):
+        sizes = []
+        for dataset in dataset_dict.values():  # both files are the builder's PNGs: their sizes are known
+            sizes += png_lengths(dataset, "image") + png_lengths(dataset, "instance_mask")
+        return sizes
+
+    def verify(self, root, dataset_dict, manifest, progress=None):
+        expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i)}
+        actual = list_files(root)
+        problems = file_set_problems(expected, actual, ignore=self.consumer_files)
+        for split, dataset in dataset_dict.items():
+            for row in undecoded(dataset):
+                for path, column in zip(self.paths(split, row["id"]), ("image", "instance_mask")):
+                    if path in actual:
+                        problem = compare_png(os.path.join(root, path), row[column]["bytes"])
+                        if problem:
+                            problems.append(f"{path}: {problem}")
+                if progress:
+                    progress(1)
+        return problems
+
+
+FORMAT = Cellpose()
