@@ -14,6 +14,8 @@ A label file is an object .npy, a pickle. It is written byte for byte as numpy 1
 dict (protocol 3, numpy.core.multiarray._reconstruct): numpy 2's np.save would name numpy._core, which
 numpy < 2 cannot import, and CellViT pins numpy < 1.24; numpy 2 still reads the 1.x names. verify never
 unpickles: it accepts only this exact byte layout and reads the two arrays out of it.
+Labels are int32 always; CellViT's own script leaves inst_map float64 on a patch without nuclei (its loader
+casts both maps to int32, so it reads the same values).
 """
 
 import os
