@@ -169,7 +169,7 @@ def file_set_problems(expected, actual, ignore=()):
     ]
 
 
-FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellpose")  # one module each, defining FORMAT
+FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellvit", "cellpose")  # one module each
 
 
 def get_format(name):
