@@ -164,7 +164,11 @@ def sample_dir(folds, cache_dir=None):
                     shutil.rmtree(os.path.join(root, left), ignore_errors=True)
             with staging_dir(target) as tmp:
                 write_fold(tmp, fold, SAMPLE_PATCHES, "kaggle")
-                os.rename(kaggle_fold_dir(tmp, fold), target)
+                try:
+                    os.rename(kaggle_fold_dir(tmp, fold), target)
+                except OSError:
+                    if not os.path.isdir(target):  # else written meanwhile by a writer the lock did not stop
+                        raise
     return root
 
 
