@@ -1,5 +1,6 @@
 """What the commands share: the source and split options, the built-in sample, error reporting."""
 
+import argparse
 import contextlib
 import errno
 import logging
@@ -10,16 +11,30 @@ import sys
 import tempfile
 
 import datasets
+from filelock import FileLock
 
 import pannuke_imagemask as pim
 
-from .sample import SAMPLE_PATCHES, write_sample
+from .sample import SAMPLE_FOLDER, SAMPLE_PATCHES, SAMPLE_VERSION, kaggle_fold_dir, write_fold
 
 PROG = "pannuke-imagemask"
 CONFIGS = [config.name for config in pim.PanNukeImageMask.BUILDER_CONFIGS]
 
 # Errors of the user's making (bad data, bad paths, refused overwrite): one line, no traceback.
 USER_ERRORS = (pim.PanNukeFormatError, OSError, ValueError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it says something: not None or False, not already in the help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text:
+            return text
+        if isinstance(default, (list, tuple)):  # as it is typed: 0.8 0.15 0.05, not [0.8, 0.15, 0.05]
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 def add_source_arguments(parser, several_configs=False):
@@ -128,15 +143,33 @@ def staging_dir(target):
 
 
 def sample_dir(folds, cache_dir=None):
-    """The built-in sample's folder, written once (atomically) and reused: it is deterministic."""
-    base = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "pannuke_imagemask_sample")
-    target = os.path.join(base, f"v{pim.PanNukeImageMask.VERSION}-{SAMPLE_PATCHES}-folds{''.join(map(str, folds))}")
-    if not os.path.isdir(target):
-        with staging_dir(target) as tmp:
-            write_sample(tmp, folds=folds)
-            with contextlib.suppress(OSError):  # written meanwhile by another process: theirs is identical
-                os.rename(tmp, target)
-    return target
+    """The built-in sample's one folder, shared by every config; each fold is written on first use, once.
+
+    A fold appears whole or not at all: it is written in a hidden staging folder and renamed into place.
+    A lock per fold makes a second process wait for the first instead of writing it again, and lets the
+    next writer remove what a killed one left (hidden, so never read as a fold).
+    """
+    root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, SAMPLE_FOLDER, f"v{SAMPLE_VERSION}")
+    for fold in folds:
+        target = kaggle_fold_dir(root, fold)
+        if os.path.isdir(target):
+            continue
+        name = os.path.basename(target)
+        os.makedirs(root, exist_ok=True)
+        with FileLock(os.path.join(root, f".{name}.lock")):
+            if os.path.isdir(target):  # written while this process waited for the lock
+                continue
+            for left in os.listdir(root):  # staging folders of a killed writer: nobody else holds the lock
+                if left.startswith(f".{name}.") and left.endswith(".incomplete"):
+                    shutil.rmtree(os.path.join(root, left), ignore_errors=True)
+            with staging_dir(target) as tmp:
+                write_fold(tmp, fold, SAMPLE_PATCHES, "kaggle")
+                try:
+                    os.rename(kaggle_fold_dir(tmp, fold), target)
+                except OSError:
+                    if not os.path.isdir(target):  # else written meanwhile by a writer the lock did not stop
+                        raise
+    return root
 
 
 def source_of(args):

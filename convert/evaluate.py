@@ -21,7 +21,7 @@ from tqdm import tqdm
 import pannuke_imagemask as pim
 
 from . import __version__
-from .common import PROG, add_source_arguments, run_cli, sample_dir
+from .common import PROG, HelpFormatter, add_source_arguments, run_cli, sample_dir
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def report_lines(result):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--pred",
         required=True,

@@ -27,6 +27,7 @@ import pannuke_imagemask as pim
 
 from . import __version__
 from .common import (
+    HelpFormatter,
     add_source_arguments,
     build_from_args,
     check_free_space,
@@ -198,7 +199,7 @@ def _get_parser():
     parser = argparse.ArgumentParser(
         prog="pannuke-imagemask export",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", required=True, help="the folder to write (refused if non-empty, unless --force)")
     parser.add_argument("--format", choices=FORMAT_NAMES, default="imagemask", help="what to write")

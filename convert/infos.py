@@ -16,7 +16,7 @@ from datasets.utils.py_utils import asdict
 
 import pannuke_imagemask as pim
 
-from .common import CONFIGS, PROG, run_cli
+from .common import CONFIGS, PROG, HelpFormatter, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def check_data_dir(data_dir, path):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} infos", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"{PROG} infos", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", default=DEFAULT_PATH, help="where to write (default: dataset_infos.json of the repo)")
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
     parser.add_argument("--check-data-dir", metavar="DIR", help="compare the split sizes of your folds with --out")

@@ -28,6 +28,7 @@ from . import __version__
 from .common import (
     CONFIGS,
     PROG,
+    HelpFormatter,
     add_source_arguments,
     build_from_args,
     check_free_space,
@@ -169,12 +170,24 @@ SAMPLE_NOTICE = (
 )
 
 
+# A --local-dir written without --repo-id: the card's code names a placeholder and says to replace it.
+REPO_ID_PLACEHOLDER = "OWNER/NAME"
+REPO_ID_NOTE = (
+    f"`{REPO_ID_PLACEHOLDER}` in the code of this card stands for the repository's id: replace it with your "
+    "repository's id (for example `your-name/pannuke-imagemask`) when you upload this folder to the Hub."
+)
+LOAD_HEADING = "## Load it\n\n"
+
+
 def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built=None):
-    """The dataset card: YAML metadata, then the body from card_template.md (and a notice for the fake sample)."""
+    """The dataset card: YAML metadata, then the body from card_template.md (and a notice for the fake sample).
+
+    Without a repo_id the code names REPO_ID_PLACEHOLDER and the card says to replace it.
+    """
     template = string.Template(resources.files(__package__).joinpath("card_template.md").read_text())
     names = [entry["config_name"] for entry in metadata["configs"]]
     body = template.substitute(
-        repo_id=repo_id,
+        repo_id=repo_id or REPO_ID_PLACEHOLDER,
         tool_version=__version__,
         config_list=", ".join(f"`{name}`" for name in names),
         default_config=names[0],
@@ -188,6 +201,8 @@ def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built
         homepage=pim._HOMEPAGE,
         citation=pim._CITATION,
     )
+    if not repo_id:
+        body = body.replace(LOAD_HEADING, f"{LOAD_HEADING}{REPO_ID_NOTE}\n\n", 1)
     if sample:
         metadata = {**metadata, "size_categories": ["n<1K"], "tags": [*metadata["tags"], "synthetic"]}
         title, rest = body.split("\n", 1)
@@ -246,7 +261,7 @@ def push_local(args, configs):
             if os.path.isdir(destination):
                 shutil.rmtree(destination)
             os.replace(os.path.join(tmp, name), destination)
-    logger.info("wrote %s (%s) to %s", args.repo_id, ", ".join(configs), local_dir)
+    logger.info("wrote %s (%s) to %s", args.repo_id or REPO_ID_PLACEHOLDER, ", ".join(configs), local_dir)
     return 0
 
 
@@ -292,9 +307,13 @@ def _with_config(args, config):
 
 def _get_parser():
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} push", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=f"{PROG} push", description=__doc__, formatter_class=HelpFormatter
     )
-    parser.add_argument("--repo-id", required=True, help="OWNER/NAME of the dataset repository")
+    parser.add_argument(
+        "--repo-id",
+        help=f"OWNER/NAME of the dataset repository; required to push, optional with --local-dir (the card then "
+        f"says {REPO_ID_PLACEHOLDER} and how to replace it)",
+    )
     add_source_arguments(parser, several_configs=True)
     parser.add_argument("--all-configs", action="store_true", help="push part1, all and folds")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -308,7 +327,7 @@ def push(args):
     if args.all_configs and args.config:
         raise ValueError("--config and --all-configs exclude each other")
     configs = CONFIGS if args.all_configs else list(dict.fromkeys(args.config or ["part1"]))
-    if "/" not in args.repo_id:
+    if args.repo_id is not None and "/" not in args.repo_id:
         raise ValueError(f"--repo-id must be OWNER/NAME, got {args.repo_id!r}")
     datasets.utils.py_utils.convert_file_size_to_int(args.max_shard_size)  # a bad size fails before any work
     if args.local_dir:
@@ -320,7 +339,11 @@ def push(args):
 
 
 def main(argv=None):
-    return run_cli("push", push, _get_parser().parse_args(argv))
+    parser = _get_parser()
+    args = parser.parse_args(argv)
+    if not args.repo_id and not args.local_dir:
+        parser.error("--repo-id is required to push to the Hub (or pass --local-dir to write the repository folder)")
+    return run_cli("push", push, args)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,24 @@ from pannuke_imagemask import TISSUES
 PATCH = 256
 LAYOUTS = ("kaggle", "kaggle-flat", "official")
 SAMPLE_PATCHES = 36
+# Bump whenever the sample's files change (fake_patch, fake_tissues, SAMPLE_PATCHES): a sample cached under an
+# older version is then not reused. tests/test_common.py holds a digest of the current files.
+SAMPLE_VERSION = 2
+SAMPLE_FOLDER = "pannuke_imagemask_sample"  # in the datasets cache: SAMPLE_FOLDER/v{SAMPLE_VERSION}/Part N
 
 # Patch roles by row: row 1 is void (channel 5 all zero, no nuclei), row 2 empty (background only).
 VOID_ROW, EMPTY_ROW = 1, 2
 
 
+def kaggle_fold_dir(root, fold):
+    """The folder of one fold in the Kaggle layout."""
+    return os.path.join(root, f"Part {fold}")
+
+
 def fold_paths(root, fold, layout):
     """Where each file of a fold goes in a layout, as {"images", "masks", "types"} paths."""
     if layout == "kaggle":
-        base = os.path.join(root, f"Part {fold}")
+        base = kaggle_fold_dir(root, fold)
         images_dir, masks_dir = os.path.join(base, "Images"), os.path.join(base, "Masks")
     elif layout == "kaggle-flat":
         images_dir, masks_dir = os.path.join(root, "Images"), os.path.join(root, "Masks")
@@ -105,10 +114,3 @@ def write_fold(root, fold, n, layout="kaggle"):
     del images, masks
     np.save(paths["types"], np.array(fake_tissues(n, fold), dtype="<U13"), allow_pickle=False)
     return paths
-
-
-def write_sample(root, folds=(1,), n=SAMPLE_PATCHES):
-    """The built-in sample: fake folds in the Kaggle layout under root; returns root."""
-    for fold in folds:
-        write_fold(root, fold, n, "kaggle")
-    return root

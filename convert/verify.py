@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from .common import PROG, build_from_args, run_cli, source_of
+from .common import PROG, HelpFormatter, build_from_args, run_cli, source_of
 from .formats import compare_jpeg, compare_png, get_format, list_files  # noqa: F401  (the names of 1.0)
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def verify_tree(root, dataset_dict, manifest):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} verify", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"{PROG} verify", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("dir", help="an exported tree (holds export.json)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-dir", help="the PanNuke folds to compare with (default: as recorded in export.json)")

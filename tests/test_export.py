@@ -372,7 +372,7 @@ def test_help_documents_every_option_with_its_default(capsys):
         assert option in text
     for default in ("(default: part1)", "(default: 0)", "(default: color)", "(default: png)", "(default: 256)"):
         assert default in text
-    assert "(default: [0.8, 0.15, 0.05])" in text and "(default: 1)" in text
+    assert "(default: 0.8 0.15 0.05)" in text and "(default: 1)" in text
 
 
 def test_split_seed_and_ratios_reach_the_tree(kaggle_part1, cache, tmp_path):

@@ -242,6 +242,34 @@ def test_a_pushed_sample_says_it_is_fake(tmp_path):
     assert card.data.to_dict()["size_categories"] == ["n<1K"] and "synthetic" in card.data.to_dict()["tags"]
 
 
+def test_local_dir_without_repo_id_names_a_placeholder_and_says_to_replace_it(local_repo, kaggle_part1, cache, tmp_path):
+    out = tmp_path / "repo"
+    assert main(["push", "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache, "--quiet"]) == 0
+    assert _files(out) == _files(local_repo)
+    text = (out / "README.md").read_text()
+    note = (
+        "`OWNER/NAME` in the code of this card stands for the repository's id: replace it with your repository's "
+        "id (for example `your-name/pannuke-imagemask`) when you upload this folder to the Hub."
+    )
+    assert text.count(note) == 1
+    assert "## Load it\n\n" + note + "\n\n```python\n" in text
+    assert [block.count("OWNER/NAME") for block in _python_blocks(text)] == [1, 2, 1]
+    # Otherwise the card with a repository id, the id replaced by the placeholder.
+    named = (local_repo / "README.md").read_text().replace(REPO_ID, "OWNER/NAME")
+    assert text.replace(note + "\n\n", "") == named
+
+
+def test_push_without_repo_id_or_local_dir_is_a_usage_error(kaggle_part1, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--data-dir", kaggle_part1, "--cache-dir", str(tmp_path / "cache")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "pannuke-imagemask push: error: --repo-id is required to push to the Hub "
+        "(or pass --local-dir to write the repository folder)"
+    )
+    assert not (tmp_path / "cache").exists()
+
+
 def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
     out = tmp_path / "repo"
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, "--all-configs", "--local-dir", str(out)]

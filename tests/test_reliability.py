@@ -1,6 +1,7 @@
 """Never a stale cache, a download failure that says why, a build killed mid-way that recovers."""
 
 import functools
+import hashlib
 import http.server
 import os
 import signal
@@ -15,8 +16,10 @@ from conftest import PART1_PATCHES, raw_fold
 from reference import reference_labels, reference_split
 
 import pannuke_imagemask as pim
+from convert import sample as sample_module
 from convert.__main__ import main
-from convert.sample import fake_tissues, write_fold
+from convert.common import sample_dir
+from convert.sample import SAMPLE_FOLDER, SAMPLE_VERSION, fake_tissues, fold_paths, write_fold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAYS_FORWARD = (
@@ -83,6 +86,108 @@ def test_the_sample_reuses_its_cache(tmp_path, counted_generation):
     for out in ("a", "b"):
         assert main(["export", "--sample", "--out", str(tmp_path / out), "--cache-dir", cache, "--quiet"]) == 0
     assert len(counted_generation) == 36
+
+
+FOLD_FILE_BYTES = {  # 36 patches of float64, plus the 128-byte .npy header
+    "Images/images.npy": 128 + 36 * 256 * 256 * 3 * 8,  # 56,623,232
+    "Masks/masks.npy": 128 + 36 * 256 * 256 * 6 * 8,  # 113,246,336
+    "Images/types.npy": 128 + 36 * 13 * 4,  # 2,000
+}
+
+
+def _sample_files(cache):
+    """{path relative to the cache: size} of every .npy file under the cache."""
+    return {
+        os.path.relpath(os.path.join(d, f), cache).replace(os.sep, "/"): os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(cache)
+        for f in files
+        if f.endswith(".npy")
+    }
+
+
+def _expected_sample(folds):
+    return {
+        f"{SAMPLE_FOLDER}/v{SAMPLE_VERSION}/Part {fold}/{name}": size
+        for fold in folds
+        for name, size in FOLD_FILE_BYTES.items()
+    }
+
+
+def test_the_sample_is_on_disk_once_for_every_config(tmp_path, counted_generation):
+    cache = str(tmp_path / "cache")
+    for config, out in (("part1", "a"), ("folds", "b")):
+        argv = ["export", "--sample", "--config", config, "--out", str(tmp_path / out), "--cache-dir", cache]
+        assert main([*argv, "--quiet"]) == 0
+    files = _sample_files(cache)
+    assert [path for path in files if path.endswith("Part 1/Images/images.npy")] == [
+        f"{SAMPLE_FOLDER}/v{SAMPLE_VERSION}/Part 1/Images/images.npy"
+    ]
+    assert files == _expected_sample((1, 2, 3))
+    assert sum(files.values()) == 509_614_704
+    # Folds 2 and 3 written beside fold 1 leave part1's files, hence its cache, untouched.
+    assert len(counted_generation) == 36 + 3 * 36
+    assert main(["export", "--sample", "--out", str(tmp_path / "c"), "--cache-dir", cache, "--quiet"]) == 0
+    assert len(counted_generation) == 36 + 3 * 36
+
+
+def test_two_processes_creating_the_sample_at_once_write_it_once(tmp_path):
+    cache = str(tmp_path / "cache")
+    script = f"from convert.common import sample_dir; print(sample_dir((1, 2), {cache!r}))"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    runs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    roots = [run.communicate(timeout=120)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert roots == [os.path.join(cache, SAMPLE_FOLDER, f"v{SAMPLE_VERSION}")] * 2
+    assert _sample_files(cache) == _expected_sample((1, 2))
+    assert not [name for name in os.listdir(roots[0]) if name.endswith(".incomplete")]
+
+
+def _fold_digest(root, fold=1):
+    digest = hashlib.sha256()
+    for path in sorted(fold_paths(root, fold, "kaggle").values()):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def test_a_sample_interrupted_while_written_leaves_no_fold(tmp_path, monkeypatch):
+    original = sample_module.fake_patch
+
+    def interrupted(fold, index):
+        if index == 5:
+            raise KeyboardInterrupt
+        return original(fold, index)
+
+    monkeypatch.setattr(sample_module, "fake_patch", interrupted)
+    cache = str(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        sample_dir((1,), cache)
+    root = os.path.join(cache, SAMPLE_FOLDER, f"v{SAMPLE_VERSION}")
+    assert [name for name in os.listdir(root) if not name.endswith(".lock")] == []  # no fold, no staging folder
+
+
+def test_a_sample_killed_while_written_is_written_whole_by_the_next_run(tmp_path):
+    cache = str(tmp_path / "cache")
+    root = os.path.join(cache, SAMPLE_FOLDER, f"v{SAMPLE_VERSION}")
+    script = (
+        "import time; import convert.sample as s; original = s.fake_patch; "
+        "s.fake_patch = lambda fold, index: (time.sleep(0.2), original(fold, index))[1]; "
+        f"from convert.common import sample_dir; sample_dir((1,), {cache!r})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [f for f in _sample_files(cache) if "incomplete" in f]:
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few patches into the fold
+    assert process.poll() is None, "the sample was written before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not os.path.exists(os.path.join(root, "Part 1"))
+    assert sample_dir((1,), cache) == root
+    assert _sample_files(cache) == _expected_sample((1,))  # the killed writer's staging folder is gone
+    write_fold(str(tmp_path / "fresh"), 1, 36, "kaggle")
+    assert _fold_digest(root) == _fold_digest(str(tmp_path / "fresh"))
 
 
 def _closed_port():

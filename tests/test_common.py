@@ -1,0 +1,68 @@
+"""What the commands share: help texts that show each default once, the built-in sample's identity."""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+
+from convert.__main__ import COMMANDS, main
+from convert.sample import SAMPLE_PATCHES, SAMPLE_VERSION, fake_patch, fake_tissues
+
+DATASETS_CACHE = "the Hugging Face datasets cache"
+SOURCE_DEFAULTS = {
+    "--config": "part1",
+    "--split-seed": "0",
+    "--split-ratios": "0.8 0.15 0.05",
+    "--num-proc": "1",
+    "--cache-dir": DATASETS_CACHE,
+}
+
+
+def _option_helps(command, capsys, monkeypatch):
+    """{option: its help text on one line} from `command --help`."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    blocks = re.split(r"\n  (?=-)", "\n" + options)[1:]
+    return {block.split()[0].rstrip(","): " ".join(block.split()) for block in blocks}
+
+
+def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
+    shown = {}
+    for command in COMMANDS:
+        for option, text in _option_helps(command, capsys, monkeypatch).items():
+            defaults = re.findall(r"\(default: ([^)]*)\)", text)
+            assert len(defaults) <= 1 and text.count("default") <= 1, f"{command} {option}: {text}"
+            if defaults:
+                shown[command, option] = defaults[0]
+    expected = {
+        **{("export", option): value for option, value in SOURCE_DEFAULTS.items()},
+        ("export", "--format"): "imagemask",
+        ("export", "--mask-style"): "color",
+        ("export", "--image-format"): "png",
+        ("export", "--size"): "256",
+        ("verify", "--data-dir"): "as recorded in export.json",
+        ("verify", "--cache-dir"): DATASETS_CACHE,
+        ("verify", "--num-proc"): "1",
+        **{("push", option): value for option, value in SOURCE_DEFAULTS.items()},
+        ("push", "--max-shard-size"): "500MB",
+        ("infos", "--out"): "dataset_infos.json of the repo",
+        **{("evaluate", option): value for option, value in SOURCE_DEFAULTS.items()},
+    }
+    assert shown == expected
+
+
+# Digest of the first patches of fold 1 and of its tissue list. When it changes, the sample's files change:
+# bump SAMPLE_VERSION (so that caches holding the old sample are not reused), then update both here.
+SAMPLE_DIGEST = (2, "bcd1cbd77213474acdb06c8ca2576da28ee1e8cff9ff33650d079a1fd78fbb6c")
+
+
+def test_a_changed_sample_has_a_new_version():
+    digest = hashlib.sha256(repr(fake_tissues(SAMPLE_PATCHES, 1)).encode())
+    for index in range(3):
+        for array in fake_patch(1, index):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    assert (SAMPLE_VERSION, digest.hexdigest()) == SAMPLE_DIGEST
