@@ -5,14 +5,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 from typing import ClassVar
 
 import datasets
 import numpy as np
 import pytest
+from blocks import needs_consumer_tier, python_blocks, run_blocks
 from conftest import raw_fold, real_types
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
 from PIL import Image
@@ -185,47 +184,13 @@ def test_card_statistics_are_counted_from_the_pushed_data(local_repo, kaggle_par
     assert "never with `.convert(...)`" in text
 
 
-def _python_blocks(text):
-    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-
-
-def _run_blocks(blocks, replacements, tmp_path):
-    """Run each code block in a fresh interpreter (in tmp_path), with the Hub replaced by local folders."""
-    # hf_hub_download's stand-in: a local folder laid out like the Hub repository. my_model: the user's model
-    # in the README's evaluate example; here one that predicts no nucleus.
-    preamble = (
-        "import os, huggingface_hub, numpy\n"
-        "huggingface_hub.hf_hub_download = lambda repo_id, filename, **kw: os.path.join(repo_id, filename)\n"
-        "my_model = lambda image: numpy.zeros((256, 256, 5), numpy.int32)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    for block in blocks:
-        for old, new in replacements.items():
-            block = block.replace(old, new)
-        result = subprocess.run(
-            [sys.executable, "-c", preamble + block],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
-
-
-def test_every_code_block_of_the_card_runs_against_the_local_repository(local_repo, tmp_path):
-    blocks = _python_blocks((local_repo / "README.md").read_text())
+def test_every_lean_code_block_of_the_card_runs_against_the_local_repository(local_repo, tmp_path):
+    blocks = python_blocks((local_repo / "README.md").read_text())
     assert len(blocks) == 3  # load it; transformers; DataLoader
     assert 'rename_column("semantic_mask", "label")' in blocks[1] and "collate_fn=collate" in blocks[2]
-    _run_blocks(blocks, {REPO_ID: str(local_repo)}, tmp_path)
-
-
-def test_every_code_block_of_the_readme_runs(local_repo, three_folds, tmp_path):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = _python_blocks(f.read())
-    assert len(blocks) >= 2
-    _run_blocks(blocks, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)
+    # The DataLoader block imports torch: the consumer tier runs it.
+    assert [needs_consumer_tier(b) for b in blocks] == [False, False, True]
+    run_blocks([b for b in blocks if not needs_consumer_tier(b)], {REPO_ID: str(local_repo)}, tmp_path)
 
 
 def test_a_pushed_sample_says_it_is_fake(tmp_path):
