@@ -74,7 +74,7 @@ def test_the_docs_mask_rcnn_recipe_trains_on_a_batch_with_a_patch_without_nuclei
     monkeypatch.chdir(coco_tree)
     torch.manual_seed(0)
     namespace = {}
-    exec(compile(block, "docs recipe", "exec"), namespace)  # as printed: one step on a shuffled batch
+    exec(compile(block, "docs recipe", "exec"), namespace)  # noqa: S102 (our own docs: the recipe as printed)
     train, collate, model, optimizer = (namespace[k] for k in ("train", "collate", "model", "optimizer"))
     empty = [k for k in range(len(train)) if "boxes" not in train[k][1]]
     full = next(k for k in range(len(train)) if "boxes" in train[k][1])

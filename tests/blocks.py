@@ -52,3 +52,14 @@ def run_blocks(blocks, replacements, tmp_path):
             check=False,
         )
         assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
+
+
+def export_named_trees(blocks, data_dir, cache_dir, cwd):
+    """Export, into cwd, each tree a block reads by the docs' naming, `pannuke-<format>` (from data_dir)."""
+    from convert.__main__ import main
+    from convert.formats import FORMAT_NAMES
+
+    for name in sorted({m for block in blocks for m in re.findall(r"\bpannuke-([a-z]+)\b", block)}):
+        if name in FORMAT_NAMES and not os.path.exists(os.path.join(cwd, f"pannuke-{name}")):
+            argv = ["export", "--format", name, "--data-dir", data_dir, "--cache-dir", cache_dir, "--quiet"]
+            assert main([*argv, "--out", os.path.join(cwd, f"pannuke-{name}")]) == 0

@@ -5,7 +5,7 @@ import re
 import shlex
 
 import pytest
-from blocks import ROOT, doc_files, needs_consumer_tier, python_blocks, run_blocks
+from blocks import ROOT, doc_files, export_named_trees, needs_consumer_tier, python_blocks, run_blocks
 
 from convert.__main__ import main
 
@@ -13,7 +13,7 @@ REPO_ID = "pathology-lab/pannuke-imagemask"
 
 # Blocks that import a training framework, per file: counted here, run by the consumer tier. A new one must be
 # added here (and to consumer_tests/), so that none is skipped silently.
-CONSUMER_BLOCKS = {}
+CONSUMER_BLOCKS = {"docs/formats.md": 1}  # the torchvision recipe: consumer_tests/test_torchvision.py
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,12 @@ def test_the_docs_are_readme_and_docs_folder():
 
 
 @pytest.mark.parametrize("name", doc_files())
-def test_every_lean_python_block_runs(name, local_repo, three_folds, tmp_path):
+def test_every_lean_python_block_runs(name, local_repo, kaggle_part1, three_folds, tmp_path):
     blocks = python_blocks(_read(name))
     consumer = [b for b in blocks if needs_consumer_tier(b)]
     assert len(consumer) == CONSUMER_BLOCKS.get(name, 0), f"{name}: consumer-tier blocks changed; update CONSUMER_BLOCKS"
     lean = [b for b in blocks if not needs_consumer_tier(b)]
+    export_named_trees(lean, kaggle_part1, str(tmp_path / "cache"), str(tmp_path))  # e.g. pannuke-coco
     run_blocks(lean, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)
 
 

@@ -188,8 +188,8 @@ def test_every_lean_code_block_of_the_card_runs_against_the_local_repository(loc
     blocks = python_blocks((local_repo / "README.md").read_text())
     assert len(blocks) == 3  # load it; transformers; DataLoader
     assert 'rename_column("semantic_mask", "label")' in blocks[1] and "collate_fn=collate" in blocks[2]
-    # The DataLoader block imports torch: the consumer tier runs it.
-    assert [needs_consumer_tier(b) for b in blocks] == [False, False, True]
+    # The transformers and DataLoader blocks import torch: the consumer tier runs them.
+    assert [needs_consumer_tier(b) for b in blocks] == [False, True, True]  # consumer_tests/test_card.py
     run_blocks([b for b in blocks if not needs_consumer_tier(b)], {REPO_ID: str(local_repo)}, tmp_path)
 
 
@@ -218,7 +218,7 @@ def test_local_dir_without_repo_id_names_a_placeholder_and_says_to_replace_it(lo
     )
     assert text.count(note) == 1
     assert "## Load it\n\n" + note + "\n\n```python\n" in text
-    assert [block.count("OWNER/NAME") for block in _python_blocks(text)] == [1, 2, 1]
+    assert [block.count("OWNER/NAME") for block in python_blocks(text)] == [1, 2, 1]
     # Otherwise the card with a repository id, the id replaced by the placeholder.
     named = (local_repo / "README.md").read_text().replace(REPO_ID, "OWNER/NAME")
     assert text.replace(note + "\n\n", "") == named
