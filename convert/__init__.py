@@ -1,3 +1,3 @@
 """Command-line tools of pannuke-imagemask: export, verify, push, infos."""
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
