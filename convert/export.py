@@ -1,7 +1,8 @@
 """Export PanNuke splits in the format a framework trains on; default: an image/mask folder tree.
 
 Formats (--format): imagemask DIR/{train,valid,test}/{images,masks}/<id>.<ext>; coco (RLE JSON per split);
-yolo (Ultralytics segmentation); hovernet (N x 256 x 256 x 5 arrays); pannuke (the official fold arrays).
+yolo (Ultralytics segmentation); hovernet (N x 256 x 256 x 5 arrays); pannuke (the official fold arrays);
+nnunet (an nnU-Net v2 raw dataset: --out $nnUNet_raw/Dataset500_PanNuke).
 The splits, ids and masks are exactly the builder's (pannuke_imagemask.py). The tree is written beside
 DIR and renamed into place only when complete.
 """

@@ -155,7 +155,7 @@ def file_set_problems(expected, actual):
     ]
 
 
-FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke")  # one module each, defining FORMAT
+FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "nnunet")  # one module each, defining FORMAT
 
 
 def get_format(name):
