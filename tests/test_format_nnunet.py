@@ -179,7 +179,9 @@ def test_estimate_is_at_least_what_was_written(which, request, kaggle_part1, thr
     tree = request.getfixturevalue(which)
     config, data_dir = ("part1", kaggle_part1) if which == "part1" else ("folds", three_folds)
     dataset_dict = pim.build(config, data_dir=data_dir, cache_dir=cache)
-    estimated = sum(get_format("nnunet").estimate(dataset_dict, {"mask_style": None, "image_format": None, "size": 256}))
+    estimated = sum(
+        get_format("nnunet").estimate(dataset_dict, {"mask_style": None, "image_format": None, "size": 256})
+    )
     written = sum(
         os.path.getsize(os.path.join(d, f))
         for d, _, files in os.walk(tree)
@@ -197,6 +199,8 @@ def test_a_folder_nnunet_cannot_find_gets_a_warning(kaggle_part1, cache, tmp_pat
         assert caplog.messages == []
         fmt.finish(str(tmp_path), dataset_dict, {}, "/data/pannuke-nnunet", {})
     assert caplog.messages == [
-        "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw: "
-        "move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
+        (
+            "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw: "
+            "move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
+        )
     ]
