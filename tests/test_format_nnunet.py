@@ -54,6 +54,13 @@ def folds(tmp_path_factory, three_folds, cache):
     return out
 
 
+@pytest.fixture(scope="module")
+def all_config(tmp_path_factory, three_folds, cache):
+    out = tmp_path_factory.mktemp("nnunet-all") / "Dataset502_PanNukeAll"
+    assert _export(out, three_folds, cache, "--config", "all") == 0
+    return out
+
+
 def _ids(members):
     return [f"fold{fold}_{index:05d}" for fold, index in sorted(members)]
 
@@ -131,6 +138,28 @@ def test_folds_put_every_fold_in_training_with_the_protocol_splits(folds, three_
     ]
 
 
+def test_all_config_maps_like_part1(all_config, three_folds):
+    tissues = {fold: fake_tissues(n, fold) for fold, n in THREE_FOLD_PATCHES.items()}
+    ids = {split: _ids(members) for split, members in reference_split(tissues, 0, (0.8, 0.15, 0.05)).items()}
+    training = sorted(ids["train"] + ids["validation"])
+    assert sorted(os.listdir(all_config / "imagesTr")) == [f"{case}_0000.png" for case in training]
+    assert sorted(os.listdir(all_config / "labelsTr")) == [f"{case}.png" for case in training]
+    assert sorted(os.listdir(all_config / "imagesTs")) == [f"{case}_0000.png" for case in ids["test"]]
+    assert sorted(os.listdir(all_config / "labelsTs")) == [f"{case}.png" for case in ids["test"]]
+    reference = {}
+    for fold, (sub, layout) in FOLD_SOURCES.items():
+        reference.update(_reference(os.path.join(three_folds, sub), fold, layout))
+    for case in training:
+        _check_case(all_config, "imagesTr", "labelsTr", case, reference)
+    for case in ids["test"]:
+        _check_case(all_config, "imagesTs", "labelsTs", case, reference)
+    dataset = json.loads((all_config / "dataset.json").read_text())
+    assert dataset == {**DATASET_JSON, "numTraining": len(training)}
+    assert json.loads((all_config / "splits_final.json").read_text()) == [
+        {"train": ids["train"], "val": ids["validation"]}
+    ]
+
+
 def _verify(tree, cache, capsys):
     code = main(["verify", str(tree), "--cache-dir", cache, "--quiet"])
     return code, capsys.readouterr().out.splitlines()
@@ -170,14 +199,17 @@ def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, c
     )
 
 
-def test_folds_tree_verifies(folds, cache, capsys):
-    assert _verify(folds, cache, capsys) == (0, [])
+@pytest.mark.parametrize("which", ["folds", "all_config"])
+def test_three_fold_trees_verify(which, request, cache, capsys):
+    assert _verify(request.getfixturevalue(which), cache, capsys) == (0, [])
 
 
-@pytest.mark.parametrize("which", ["part1", "folds"])
+@pytest.mark.parametrize("which", ["part1", "folds", "all_config"])
 def test_estimate_is_at_least_what_was_written(which, request, kaggle_part1, three_folds, cache):
     tree = request.getfixturevalue(which)
-    config, data_dir = ("part1", kaggle_part1) if which == "part1" else ("folds", three_folds)
+    config, data_dir = {"part1": ("part1", kaggle_part1), "folds": ("folds", three_folds)}.get(
+        which, ("all", three_folds)
+    )
     dataset_dict = pim.build(config, data_dir=data_dir, cache_dir=cache)
     estimated = sum(
         get_format("nnunet").estimate(dataset_dict, {"mask_style": None, "image_format": None, "size": 256})
