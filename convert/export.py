@@ -2,8 +2,8 @@
 
 Formats (--format): imagemask DIR/{train,valid,test}/{images,masks}/<id>.<ext>; coco (RLE JSON per split);
 yolo (Ultralytics segmentation); hovernet (N x 256 x 256 x 5 arrays); pannuke (the official fold arrays);
-cellvit (CellViT's fold{k}/images, labels, CSVs and YAMLs);
-cellpose (<id>.png beside its 16-bit instance map <id>_masks.png).
+cellvit (CellViT's fold{k}/images, labels, CSVs and YAMLs); nnunet (an nnU-Net v2 raw dataset:
+--out $nnUNet_raw/Dataset500_PanNuke); cellpose (<id>.png beside its 16-bit instance map <id>_masks.png).
 The splits, ids and masks are exactly the builder's (pannuke_imagemask.py). The tree is written beside
 DIR and renamed into place only when complete.
 """

@@ -169,7 +169,7 @@ def file_set_problems(expected, actual, ignore=()):
     ]
 
 
-FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellvit", "cellpose")  # one module each
+FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellvit", "nnunet", "cellpose")  # one module each
 
 
 def get_format(name):
