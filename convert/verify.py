@@ -22,9 +22,17 @@ logger = logging.getLogger(__name__)
 MANIFEST_KEYS = ("source", "config", "split_seed", "split_ratios", "mask_style", "image_format", "size")
 
 
+def _release(version):
+    return tuple(int(part) for part in version.split(".")[:3])
+
+
 def verify_tree(root, dataset_dict, manifest):
     """All differences between the tree at root and the builder's dataset, as 'file: what' lines."""
     fmt = get_format(manifest.get("format", "imagemask"))  # 1.0 wrote no format: its trees are imagemask
+    written = manifest.get("version", "1.0.0")
+    if fmt.changed_in and _release(written) < _release(fmt.changed_in):
+        # Every file would differ; one line says why instead of thousands.
+        return [f"export.json: written by {written}; {fmt.name} files changed in {fmt.changed_in}: export again"]
     total = sum(ds.num_rows for ds in dataset_dict.values())
     with tqdm(total=total, unit="patch", desc="Verifying", disable=None) as bar:
         problems = fmt.verify(root, dataset_dict, manifest, progress=bar.update)

@@ -185,6 +185,19 @@ def test_yolo_lines_fill_back_to_their_nuclei_as_ultralytics_reads_them(exports,
     assert one_piece > 300 and pieces >= 20  # every patch with nuclei has one nucleus in two pieces
 
 
+def test_yolo_outlines_stay_within_the_estimates_points_per_pixel():
+    from convert.formats.yolo import POINTS_PER_PIXEL, nucleus_polygon
+
+    diagonal, checkerboard, dots = (np.zeros((256, 256), bool) for _ in range(3))
+    diagonal[np.arange(10, 70), np.arange(10, 70)] = True
+    checkerboard[10:50, 10:50] = np.add.outer(np.arange(40), np.arange(40)) % 2 == 0
+    dots[10:50:2, 10:50:2] = True
+    counts = [len(nucleus_polygon(m)) for m in (diagonal, checkerboard, dots)]
+    assert counts == [358, 7686, 2398]  # 6.0, 9.6 and 6.0 points per pixel: the worst shapes known
+    for count, mask in zip(counts, (diagonal, checkerboard, dots)):
+        assert count <= POINTS_PER_PIXEL * mask.sum() + 8
+
+
 def test_yolo_outlines_of_hard_shapes_fill_back_exactly():
     from convert.formats.yolo import nucleus_polygon
 
@@ -443,4 +456,17 @@ def test_verify_accepts_the_files_ultralytics_leaves_and_names_any_other(exports
     assert capsys.readouterr().out.splitlines() == [
         "images/train.cache: not in the source's splits",
         "labels/train/notes.cache: not in the source's splits",
+    ]
+
+
+def test_verify_of_a_yolo_tree_from_before_1_2_says_to_export_again(exports, cache, tmp_path, capsys):
+    tree = tmp_path / "old-yolo"
+    shutil.copytree(exports / "yolo", tree)
+    manifest = json.loads((tree / "export.json").read_text())
+    manifest["version"] = "1.1.0"
+    (tree / "export.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "export.json: written by 1.1.0; yolo files changed in 1.2.0: export again"
     ]

@@ -35,11 +35,16 @@ class Format:
     name = ""
     takes = ()  # which of the options size, mask_style, image_format it accepts
     consumer_files: ClassVar[tuple] = ()  # fnmatch patterns of files a consumer may leave in the tree
+    changed_in = None  # the tool version whose files of this format differ from those of earlier versions
     split_dirs: ClassVar[dict] = {"train": "train", "validation": "valid", "test": "test"}  # fold1..3 unchanged
 
     @classmethod
     def split_dir(cls, split):
         return cls.split_dirs.get(split, split)
+
+    def file_problems(self, expected, actual):
+        """file_set_problems of this format's tree: the files its consumers leave there are not foreign."""
+        return file_set_problems(expected, actual, self.consumer_files)
 
     def prepare(self, root, dataset_dict, options):
         pass
@@ -168,6 +173,9 @@ def file_set_problems(expected, actual, ignore=()):
         f"{path}: not in the source's splits" for path in foreign
     ]
 
+
+# The folds config: the official protocol's three (train, val, test) arrangements of the folds.
+FOLD_PROTOCOL = {1: ("fold1", "fold2", "fold3"), 2: ("fold2", "fold1", "fold3"), 3: ("fold3", "fold2", "fold1")}
 
 FORMAT_NAMES = ("imagemask", "coco", "yolo", "hovernet", "pannuke", "cellvit", "nnunet", "cellpose")  # one module each
 

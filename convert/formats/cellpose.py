@@ -11,7 +11,7 @@ image). Training writes `<id>_flows.tif` beside each image and, from the command
 
 import os
 
-from . import Format, compare_png, file_set_problems, list_files, png_lengths, undecoded, write_bytes
+from . import Format, compare_png, list_files, png_lengths, undecoded, write_bytes
 
 MASK_SUFFIX = "_masks"  # cellpose's default --mask_filter
 
@@ -44,7 +44,7 @@ class Cellpose(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i)}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual, ignore=self.consumer_files)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 for path, column in zip(self.paths(split, row["id"]), ("image", "instance_mask")):

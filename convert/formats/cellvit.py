@@ -29,7 +29,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import Format, compare_png, decode, file_set_problems, list_files, png_lengths, undecoded, write_bytes
+from . import Format, compare_png, decode, list_files, png_lengths, undecoded, write_bytes
 
 SIDE = 256
 FOLD_OF_SPLIT = {"train": 0, "validation": 1, "test": 2, "fold1": 0, "fold2": 1, "fold3": 2}
@@ -165,10 +165,6 @@ def pickle_globals(body):
 # --- the layout -----------------------------------------------------------------------------------------
 
 
-def fold_dir(split):
-    return f"fold{FOLD_OF_SPLIT[split]}"
-
-
 def stem(split, position, row):
     """CellViT's {k}_{i}: i is the index in the official fold for the folds config, else the split position."""
     i = row["index"] if split.startswith("fold") else position
@@ -214,11 +210,11 @@ class CellViT(Format):
     def prepare(self, root, dataset_dict, options):
         for split in dataset_dict:
             for sub in ("images", "labels"):
-                os.makedirs(os.path.join(root, fold_dir(split), sub), exist_ok=True)
+                os.makedirs(os.path.join(root, self.split_dir(split), sub), exist_ok=True)
 
     def write_patch(self, root, split, position, row, options):
         record = patch_record(split, position, row)
-        folder = os.path.join(root, fold_dir(split))
+        folder = os.path.join(root, self.split_dir(split))
         write_bytes(os.path.join(folder, "images", f"{record[0]}.png"), row["image"]["bytes"])
         instance, semantic = decode(row["instance_mask"]["bytes"]), decode(row["semantic_mask"]["bytes"])
         write_bytes(os.path.join(folder, "labels", f"{record[0]}.npy"), *label_chunks(instance, semantic))
@@ -226,7 +222,7 @@ class CellViT(Format):
 
     def finish_split(self, root, split, records, dataset, options):
         for name, text in csv_texts(records).items():
-            write_bytes(os.path.join(root, fold_dir(split), name), text.encode())
+            write_bytes(os.path.join(root, self.split_dir(split), name), text.encode())
 
     def finish(self, root, dataset_dict, options, out, records):
         write_bytes(os.path.join(root, "dataset_config.yaml"), dataset_config_text().encode())
@@ -243,7 +239,7 @@ class CellViT(Format):
         actual = list_files(root)
         expected, problems, all_records = set(), [], []
         for split, dataset in dataset_dict.items():
-            folder = fold_dir(split)
+            folder = self.split_dir(split)
             records = []
             for position, row in enumerate(undecoded(dataset)):
                 record = patch_record(split, position, row)
@@ -266,7 +262,7 @@ class CellViT(Format):
                     if problem:
                         problems.append(f"{folder}/{name}: {problem}")
             all_records.append(records)
-        problems = file_set_problems(expected, actual) + problems
+        problems = self.file_problems(expected, actual) + problems
         for name, text in (
             ("dataset_config.yaml", dataset_config_text()),
             ("weight_config.yaml", weight_config_text(all_records)),

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 
-from . import Format, decode, file_set_problems, list_files, undecoded, write_bytes
+from . import Format, decode, list_files, undecoded, write_bytes
 from .imagemask import compare_image, image_file, image_size_bounds
 
 LICENSE = {"id": 1, "name": "CC BY-NC-SA 4.0", "url": "https://creativecommons.org/licenses/by-nc-sa/4.0/"}
@@ -116,7 +116,7 @@ class Coco(Format):
             for fold, index in zip(dataset["fold"], dataset["index"]):
                 expected.add(f"{self.split_dir(split)}/images/{image_id(fold, index)}.{image_format}")
         actual = list_files(root)
-        problems = file_set_problems(expected, actual, self.consumer_files)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             records = []
             for row in undecoded(dataset):

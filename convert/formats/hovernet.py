@@ -12,7 +12,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import Format, decode, file_set_problems, list_files, npy_bytes, undecoded, write_bytes
+from . import Format, decode, list_files, npy_bytes, undecoded, write_bytes
 
 SHAPE = (256, 256, 5)
 DTYPE = np.int32
@@ -61,7 +61,7 @@ class HoverNet(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {self.path(split, i) for split, ds in dataset_dict.items() for i in ds["id"]}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual, self.consumer_files)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 path = self.path(split, row["id"])

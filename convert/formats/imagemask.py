@@ -14,7 +14,6 @@ from . import (
     Format,
     compare_jpeg,
     compare_png,
-    file_set_problems,
     jpeg_bound,
     list_files,
     png_bound,
@@ -167,7 +166,7 @@ class ImageMask(Format):
         for split, dataset in dataset_dict.items():
             expected_files.update(p for i in dataset["id"] for p in relative_paths(split, i, options["image_format"]))
         actual_files = list_files(root)
-        problems = file_set_problems(expected_files, actual_files, self.consumer_files)
+        problems = self.file_problems(expected_files, actual_files)
         expected_records = []
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):

@@ -20,8 +20,7 @@ import re
 
 import pannuke_imagemask as pim
 
-from . import Format, compare_png, decode, file_set_problems, list_files, png_bound, png_lengths, undecoded, write_bytes
-from .yolo import FOLD_PROTOCOL
+from . import FOLD_PROTOCOL, Format, compare_png, decode, list_files, png_bound, png_lengths, undecoded, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class NnUNet(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i)}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 for path, wanted in zip(self.paths(split, row["id"]), (row["image"]["bytes"], label_png(row))):

@@ -13,7 +13,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import Format, decode, file_set_problems, list_files, npy_bytes, undecoded, write_bytes
+from . import Format, decode, list_files, npy_bytes, undecoded, write_bytes
 
 SIDE = 256
 FILES = ("images.npy", "masks.npy", "types.npy", "ids.txt")
@@ -79,7 +79,7 @@ class PanNuke(Format):
     def verify(self, root, dataset_dict, manifest, progress=None):
         expected = {f"{self.split_dir(split)}/{name}" for split in dataset_dict for name in FILES}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual, self.consumer_files)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             folder = self.split_dir(split)
             arrays = {}

@@ -22,12 +22,10 @@ import yaml
 
 import pannuke_imagemask as pim
 
-from . import Format, decode, file_set_problems, list_files, undecoded, write_bytes
+from . import FOLD_PROTOCOL, Format, decode, list_files, undecoded, write_bytes
 from .imagemask import compare_image, image_file, image_size_bounds
 
 SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}  # Ultralytics' own folder names
-# The folds config: the official protocol's three (train, val, test) arrangements of the folds.
-FOLD_PROTOCOL = {1: ("fold1", "fold2", "fold3"), 2: ("fold2", "fold1", "fold3"), 3: ("fold3", "fold2", "fold1")}
 DECIMALS = 6
 
 
@@ -36,6 +34,12 @@ DECIMALS = 6
 # vertex off the pixel's edges through 6-decimal rounding (1.3e-4 px) and float32 (1.5e-5 px), and keeps the
 # box Ultralytics derives from the line (its extreme vertices) within 1/64 px of the nucleus' pixel extent.
 INSET = 1 / 64
+
+
+# A bound for the free-space estimate: each pixel has 4 half-pixels, a walk passes a pinch twice, a corner may
+# add a point and each hole 2 for its bridge. Measured worst cases (tests/test_formats.py): a diagonal line 6.0,
+# a checkerboard (a hole at every other pixel) 9.6 points per pixel.
+POINTS_PER_PIXEL = 10
 
 
 def _outline(up, points):
@@ -153,6 +157,7 @@ class Yolo(Format):
     name = "yolo"
     takes = ("image_format",)
     split_dirs = SPLIT_DIRS
+    changed_in = "1.2.0"  # outlines written for Ultralytics' rasteriser; data.yaml without path
     consumer_files = ("labels/*.cache",)  # Ultralytics caches what it read of each labels/<split> folder
 
     def paths(self, split, patch_id, image_format):
@@ -178,18 +183,18 @@ class Yolo(Format):
         sizes = []
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], 256)
-            # A traced outline has fewer than 4 points per pixel of the nucleus, 2 x 9 characters each.
+            # At most POINTS_PER_PIXEL points per pixel of the nucleus (plus bridges), 2 x 9 characters each.
             nuclei = dataset.data.table.column("nuclei").combine_chunks()  # row indices over the whole split
             rows = pc.list_parent_indices(nuclei).to_numpy(zero_copy_only=False)
             areas = pc.struct_field(pc.list_flatten(nuclei), "area").to_numpy(zero_copy_only=False)
-            sizes += np.bincount(rows, weights=4 + 18 * (4 * areas + 8), minlength=dataset.num_rows).tolist()
+            sizes += np.bincount(rows, weights=4 + 18 * (POINTS_PER_PIXEL * areas + 8), minlength=dataset.num_rows).tolist()
         return sizes + [4096]
 
     def verify(self, root, dataset_dict, manifest, progress=None):
         image_format = manifest["image_format"]
         expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i, image_format)}
         actual = list_files(root)
-        problems = file_set_problems(expected, actual, self.consumer_files)
+        problems = self.file_problems(expected, actual)
         for split, dataset in dataset_dict.items():
             for row in undecoded(dataset):
                 image_path, label_path = self.paths(split, row["id"], image_format)
