@@ -176,7 +176,6 @@ REPO_ID_NOTE = (
     f"`{REPO_ID_PLACEHOLDER}` in the code of this card stands for the repository's id: replace it with your "
     "repository's id (for example `your-name/pannuke-imagemask`) when you upload this folder to the Hub."
 )
-LOAD_HEADING = "## Load it\n\n"
 
 
 def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built=None):
@@ -188,6 +187,7 @@ def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built
     names = [entry["config_name"] for entry in metadata["configs"]]
     body = template.substitute(
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
+        repo_id_note="" if repo_id else f"{REPO_ID_NOTE}\n\n",
         tool_version=__version__,
         config_list=", ".join(f"`{name}`" for name in names),
         default_config=names[0],
@@ -201,8 +201,6 @@ def render_card(repo_id, metadata, split_seed, split_ratios, sample=False, built
         homepage=pim._HOMEPAGE,
         citation=pim._CITATION,
     )
-    if not repo_id:
-        body = body.replace(LOAD_HEADING, f"{LOAD_HEADING}{REPO_ID_NOTE}\n\n", 1)
     if sample:
         metadata = {**metadata, "size_categories": ["n<1K"], "tags": [*metadata["tags"], "synthetic"]}
         title, rest = body.split("\n", 1)
