@@ -51,7 +51,7 @@ def _outline(up, points):
     corner that belongs to the nucleus (there is none only where two pixels touch at a corner alone).
     Points on a straight run are dropped: the line stays as short as the outline allows.
     """
-    following = np.roll(points, -1, axis=0)
+    following = np.concatenate([points[1:], points[:1]])
     step = following - points
     crossing = (np.abs(step) == 1).all(axis=1) & ((points // 2) != (following // 2)).all(axis=1)
     if crossing.any():
@@ -64,8 +64,8 @@ def _outline(up, points):
         keep = use_across | use_down
         points = np.insert(points, np.flatnonzero(crossing)[keep] + 1, corners[keep], axis=0)
     vertices = points // 2 + np.where(points % 2 == 1, 1 - INSET, INSET)
-    before = vertices - np.roll(vertices, 1, axis=0)
-    after = np.roll(vertices, -1, axis=0) - vertices
+    after = np.diff(vertices, axis=0, append=vertices[:1])
+    before = np.concatenate([after[-1:], after[:-1]])
     cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
     straight = (cross == 0) & ((before * after).sum(axis=1) > 0)  # exact: the values are multiples of 1/64
     return vertices[~straight] if (~straight).sum() >= 3 else vertices
@@ -95,8 +95,8 @@ def _splice_holes(up, outer, holes):
 def _pieces(mask):
     """Each 8-connected piece of a mask as one outline (its holes spliced in), in OpenCV's order."""
     # Doubled, a one-pixel piece or line still has an outline through distinct points on both of its sides.
-    up = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
-    up = np.pad(up, 1)  # a border of background: every walk up from a hole ends inside the array
+    up = np.zeros((2 * mask.shape[0] + 2, 2 * mask.shape[1] + 2), np.uint8)  # a border of background: every
+    up[1:-1, 1:-1] = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)  # walk up from a hole ends inside it
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     pieces = []
     for k, (_, _, child, parent) in enumerate(hierarchy[0] if contours else []):
