@@ -52,6 +52,13 @@ def writable_fold(tmp_path, kaggle_part1):
     return root
 
 
+def run_export(out, data_dir, cache, *extra):
+    """python -m convert export of data_dir into out, quietly, with a cache of the test's."""
+    from convert.__main__ import main
+
+    return main(["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
+
+
 def real_types(fold):
     path = os.path.join(SHARED_REAL, f"fold{fold}_types.npy")
     if not os.path.exists(path):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from conftest import PART1_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 
@@ -37,7 +37,7 @@ def _expected_splits(seed=0, ratios=(0.8, 0.15, 0.05)):
 
 
 def _export(out, data_dir, cache, *extra):
-    return main(["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
+    return run_export(out, data_dir, cache, *extra)
 
 
 def _tree_digest(root):

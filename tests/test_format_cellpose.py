@@ -7,7 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
+from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from reference import reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -24,8 +24,7 @@ def cache(tmp_path_factory):
 
 
 def _export(out, data_dir, cache, *extra):
-    argv = ["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet"]
-    return main([*argv, "--format", "cellpose", *extra])
+    return run_export(out, data_dir, cache, "--format", "cellpose", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
+from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -68,7 +68,7 @@ def cache(tmp_path_factory):
 
 
 def _export(out, data_dir, cache, *extra):
-    return main(["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
+    return run_export(out, data_dir, cache, *extra)
 
 
 @pytest.fixture(scope="module")

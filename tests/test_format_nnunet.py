@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
+from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -36,8 +36,7 @@ def cache(tmp_path_factory):
 
 
 def _export(out, data_dir, cache, *extra):
-    argv = ["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", "--format", "nnunet"]
-    return main([*argv, *extra])
+    return run_export(out, data_dir, cache, "--format", "nnunet", *extra)
 
 
 @pytest.fixture(scope="module")

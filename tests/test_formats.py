@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import PART1_PATCHES, raw_fold
+from conftest import PART1_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -38,7 +38,7 @@ def _members(split_names=("train", "valid", "test")):
 
 
 def _export(out, data_dir, cache, *extra):
-    return main(["export", "--out", str(out), "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
+    return run_export(out, data_dir, cache, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,26 @@ def compare_png(actual_path, expected_bytes):
     return None if wrong == 0 else f"{wrong} of {pixels.shape[0] * pixels.shape[1]} pixels differ"
 
 
+def png_tree_problems(fmt, root, dataset_dict, contents, progress=None):
+    """verify of a format whose files are all PNGs of single patches: missing and foreign files, then pixels.
+
+    fmt.paths(split, id) names a patch's files; contents(row) gives their expected PNG bytes in that order
+    (row undecoded), one patch at a time.
+    """
+    expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in fmt.paths(split, i)}
+    actual = list_files(root)
+    problems = fmt.file_problems(expected, actual)
+    for split, dataset in dataset_dict.items():
+        for row in undecoded(dataset):
+            for path, wanted in zip(fmt.paths(split, row["id"]), contents(row)):
+                problem = compare_png(os.path.join(root, path), wanted) if path in actual else None
+                if problem:
+                    problems.append(f"{path}: {problem}")
+            if progress:
+                progress(1)
+    return problems
+
+
 JPEG_TOLERANCE = 4.0  # mean |difference| per channel value; quality-95 4:4:4 JPEG of noisy fake patches: ~3.2
 
 

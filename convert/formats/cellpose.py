@@ -11,7 +11,7 @@ image). Training writes `<id>_flows.tif` beside each image and, from the command
 
 import os
 
-from . import Format, compare_png, list_files, png_lengths, undecoded, write_bytes
+from . import Format, png_lengths, png_tree_problems, write_bytes
 
 MASK_SUFFIX = "_masks"  # cellpose's default --mask_filter
 
@@ -42,19 +42,9 @@ class Cellpose(Format):
         return sizes
 
     def verify(self, root, dataset_dict, manifest, progress=None):
-        expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i)}
-        actual = list_files(root)
-        problems = self.file_problems(expected, actual)
-        for split, dataset in dataset_dict.items():
-            for row in undecoded(dataset):
-                for path, column in zip(self.paths(split, row["id"]), ("image", "instance_mask")):
-                    if path in actual:
-                        problem = compare_png(os.path.join(root, path), row[column]["bytes"])
-                        if problem:
-                            problems.append(f"{path}: {problem}")
-                if progress:
-                    progress(1)
-        return problems
+        return png_tree_problems(
+            self, root, dataset_dict, lambda row: (row["image"]["bytes"], row["instance_mask"]["bytes"]), progress
+        )
 
 
 FORMAT = Cellpose()

@@ -20,7 +20,7 @@ import re
 
 import pannuke_imagemask as pim
 
-from . import FOLD_PROTOCOL, Format, compare_png, decode, list_files, png_bound, png_lengths, undecoded, write_bytes
+from . import FOLD_PROTOCOL, Format, decode, png_bound, png_lengths, png_tree_problems, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +104,9 @@ class NnUNet(Format):
         return sizes + [3 * SPLIT_ID_BYTES * rows + 4096, 4096]
 
     def verify(self, root, dataset_dict, manifest, progress=None):
-        expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i)}
-        actual = list_files(root)
-        problems = self.file_problems(expected, actual)
-        for split, dataset in dataset_dict.items():
-            for row in undecoded(dataset):
-                for path, wanted in zip(self.paths(split, row["id"]), (row["image"]["bytes"], label_png(row))):
-                    problem = compare_png(os.path.join(root, path), wanted) if path in actual else None
-                    if problem:
-                        problems.append(f"{path}: {problem}")
-                if progress:
-                    progress(1)
+        problems = png_tree_problems(
+            self, root, dataset_dict, lambda row: (row["image"]["bytes"], label_png(row)), progress
+        )
         for name, text in self.top_files(dataset_dict).items():
             try:
                 with open(os.path.join(root, name)) as f:
