@@ -63,14 +63,19 @@ def label_png(row):
 class NnUNet(Format):
     name = "nnunet"
 
+    @staticmethod
+    def folders(split):
+        """(images folder, labels folder) of a split: nnU-Net's test folders for the test split, else training."""
+        return ("imagesTs", "labelsTs") if split in TEST_SPLITS else ("imagesTr", "labelsTr")
+
     def paths(self, split, patch_id):
-        images, labels = ("imagesTs", "labelsTs") if split in TEST_SPLITS else ("imagesTr", "labelsTr")
+        images, labels = self.folders(split)
         return f"{images}/{patch_id}_0000{FILE_ENDING}", f"{labels}/{patch_id}{FILE_ENDING}"
 
     def prepare(self, root, dataset_dict, options):
         for split in dataset_dict:
-            for path in self.paths(split, "x"):
-                os.makedirs(os.path.join(root, os.path.dirname(path)), exist_ok=True)
+            for folder in self.folders(split):
+                os.makedirs(os.path.join(root, folder), exist_ok=True)
 
     def write_patch(self, root, split, position, row, options):
         image_path, label_path = self.paths(split, row["id"])
