@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import namedtuple
 
@@ -57,6 +58,14 @@ def reference(kaggle_part1):
         index: (reference_image(images[index]), *reference_labels(np.asarray(masks[index])), tissues[index])
         for index in range(PART1_PATCHES)
     }
+
+
+def test_coco_contributors_are_spelled_as_in_the_citation(exports):
+    authors = re.findall(r"author\s*=\s*\{(.*?)\},", pim._CITATION, re.DOTALL)
+    surnames = {name.split(",")[0].strip() for field in authors for name in re.split(r"\s+and\s+", field)}
+    info = json.loads((exports / "coco" / "annotations" / "instances_train.json").read_text())["info"]
+    assert info["contributor"] == "Gamper, Koohbanani, Benet, Graham, Jahanifar, Khurram, Azam, Hewitt, Rajpoot"
+    assert set(info["contributor"].split(", ")) <= surnames
 
 
 def test_coco_files_load_and_every_annotation_is_its_nucleus(exports, reference):
