@@ -107,7 +107,7 @@ def refuse_non_empty(path, force, verb):
 
 
 BLOCK = 4096  # a file takes whole filesystem blocks
-REPORTS_BYTES = 8 << 20  # metadata.csv, export.json, the pictures: a few MB at most
+REPORTS_BYTES = 8 << 20  # export.json and the pictures: a few MB at most
 
 
 class NotEnoughSpaceError(OSError):

@@ -396,8 +396,8 @@ def test_push_to_hub_code_path_writes_the_same_repository(local_repo, kaggle_par
     assert main(argv) == 0
     assert _files(hub_root) == _files(local_repo)
     assert [message for message, _ in FolderHubApi.commits] == [
-        "Upload config part1 (pannuke-imagemask 1.2.0)",
-        "Dataset card, id2label.json and preview.png (pannuke-imagemask 1.2.0)",
+        "Upload config part1 (pannuke-imagemask 1.3.0)",
+        "Dataset card, id2label.json and preview.png (pannuke-imagemask 1.3.0)",
     ]
     hub_card = DatasetCard.load(os.path.join(hub_root, "README.md")).data.to_dict()
     local_card = DatasetCard.load(local_repo / "README.md").data.to_dict()
