@@ -5,23 +5,20 @@ pairwise IoU from one joint histogram per map, and defined where the official sc
 wholly covered by a later channel, a map without background).
 """
 
-import argparse
 import csv
 import json
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 import pannuke_imagemask as pim
 
 from . import __version__
-from .common import PROG, HelpFormatter, add_source_arguments, run_cli, sample_dir
+from .common import add_source_arguments, command_parser, config_named, progress_bar, resolve_source, run_cli
+from .pool import WORKER, opened, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -280,32 +277,18 @@ def check_prediction_folder(folder, ids, size):
 # Scoring a split, one patch at a time, in this process or a pool.
 # ---------------------------------------------------------------------------------------------
 
-# Per-process state: the rows to score and where their truth and prediction are; arrays opened lazily.
-_WORKER = {}
-
-
-def _init_worker(state):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _WORKER.update(state)
-
-
-def _opened(key, opener):
-    if key not in _WORKER:
-        _WORKER[key] = opener()
-    return _WORKER[key]
-
 
 def _score_task(task):
     """(stop - start, 7) scores of rows start..stop of the split."""
     start, stop = task
-    files, rows, pred = _WORKER["files"], _WORKER["rows"], _WORKER["pred"]
+    files, rows, pred = WORKER["files"], WORKER["rows"], WORKER["pred"]
     scores = np.empty((stop - start, len(SCORE_COLUMNS)))
     for k, (fold, index) in enumerate(rows[start:stop]):
-        _, masks = _opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
+        _, masks = opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
         truth = truth_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
         patch = pim.patch_id(fold, index)
         if pred["layout"] == "masks":
-            array = _opened(("prediction",), lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
+            array = opened(("prediction",), lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
             where = f"{pred['path']}: {patch}"
             prediction = check_ids(array[start + k], where, channels=pim.NUM_CLASS_CHANNELS)
         else:
@@ -316,27 +299,13 @@ def _score_task(task):
     return scores
 
 
-def _run_tasks(tasks, num_proc, state):
-    """Each task's scores, in task order, from this process or a pool of num_proc forked workers."""
-    if num_proc <= 1:
-        _WORKER.update(state)
-        try:
-            yield from map(_score_task, tasks)
-        finally:
-            _WORKER.clear()  # no memory map outlives the command
-        return
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    with context.Pool(num_proc, _init_worker, (state,)) as pool:
-        yield from pool.imap(_score_task, tasks)
-
-
 def score_rows(files, rows, pred, num_proc=1, quiet=False):
     """(N, 7) scores of the split's rows [(fold, index), ...] against pred {"layout", "path"}."""
     tasks = [(s, min(s + TASK_PATCHES, len(rows))) for s in range(0, len(rows), TASK_PATCHES)]
     state = {"files": files, "rows": rows, "pred": pred}
     chunks = []
-    with tqdm(total=len(rows), unit="patch", desc="Evaluating", disable=True if quiet else None) as bar:
-        for chunk in _run_tasks(tasks, num_proc, state):
+    with progress_bar(len(rows), "Evaluating", quiet) as bar:
+        for chunk in run_tasks(_score_task, tasks, num_proc, state):
             chunks.append(chunk)
             bar.update(len(chunk))
     return np.concatenate(chunks) if chunks else np.empty((0, len(SCORE_COLUMNS)))
@@ -345,25 +314,6 @@ def score_rows(files, rows, pred, num_proc=1, quiet=False):
 # ---------------------------------------------------------------------------------------------
 # The command.
 # ---------------------------------------------------------------------------------------------
-
-
-def split_names(config):
-    if config.split_by_fold:
-        return [f"fold{fold}" for fold in config.folds]
-    return list(pim.SPLITS)
-
-
-def folds_needed(config, split):
-    """The folds whose files a split needs: with --config folds only its own, so one downloaded fold will do."""
-    return (int(split[len("fold") :]),) if config.split_by_fold else config.folds
-
-
-def split_rows(config, tissues, split, seed, ratios):
-    """The split's (fold, index) rows in (fold, index) order, as the builder makes them."""
-    if config.split_by_fold:
-        (fold,) = tissues
-        return [(fold, index) for index in range(len(tissues[fold]))]
-    return pim.assign_splits(tissues, seed, ratios)[split]
 
 
 def _json_value(value):
@@ -424,7 +374,7 @@ def report_lines(result):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__, formatter_class=HelpFormatter)
+    parser = command_parser("evaluate", __doc__)
     parser.add_argument(
         "--pred",
         required=True,
@@ -436,10 +386,7 @@ def _get_parser():
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
-    add_source_arguments(parser)
-    # The shared help says a missing source means a download; scoring needs the folds on disk.
-    parser._option_string_actions["--data-dir"].help = "folder with the unpacked PanNuke folds (this or --sample)"
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    add_source_arguments(parser, download=False, work="scoring")  # scoring reads the folds on disk
     return parser
 
 
@@ -447,8 +394,8 @@ def _check_args(parser, args):
     """Usage errors (exit 2): a source is required, and the split must exist in the config."""
     if not args.data_dir and not args.sample:
         parser.error("one of --data-dir or --sample is required")
-    config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
-    valid = split_names(config)
+    config = config_named(args.config)
+    valid = pim.split_names(config)
     if args.split is None and config.split_by_fold:
         parser.error(f"--config {args.config} needs --split; valid: {', '.join(valid)}")
     split = SPLIT_ALIASES.get(args.split, args.split) if args.split else "test"
@@ -464,24 +411,16 @@ def _check_output(path, option):
 
 
 def evaluate(args, config):
-    if args.num_proc < 1:
-        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
     _check_output(args.json, "--json")
     _check_output(args.per_patch, "--per-patch")
-    if args.sample:
-        data_dir = sample_dir(config.folds, args.cache_dir)
-        logger.warning("using the built-in sample: FAKE patches, not PanNuke data")
-    else:
-        data_dir = os.path.abspath(args.data_dir)
-        if not os.path.isdir(data_dir):
-            raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+    folds = pim.split_folds(config, args.split)
+    data_dir = resolve_source(args, folds, required=True)
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
-    folds = folds_needed(config, args.split)
     files = pim.find_folds([data_dir], folds)
     tissues = {fold: pim.check_fold(files[fold]) for fold in folds}
-    rows = split_rows(config, tissues, args.split, args.split_seed, ratios)
+    rows = pim.split_members(config, tissues, args.split_seed, ratios)[args.split]
     if not rows:
         raise ValueError(f"split {args.split} has no patches with these split ratios {list(ratios)}")
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]

@@ -28,12 +28,11 @@ import pannuke_imagemask as pim
 from . import __version__
 from .common import (
     CONFIGS,
-    PROG,
-    HelpFormatter,
     NotEnoughSpaceError,
     add_source_arguments,
     build_from_args,
     check_free_space,
+    command_parser,
     disk_bytes,
     nuclei_per_class,
     refuse_non_empty,
@@ -344,7 +343,7 @@ def _with_config(args, config):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} push", description=__doc__, formatter_class=HelpFormatter)
+    parser = command_parser("push", __doc__)
     parser.add_argument(
         "--repo-id",
         help=f"OWNER/NAME of the dataset repository; required to push, optional with --local-dir (the card then "
