@@ -268,29 +268,6 @@ def test_every_config_to_local_dir(three_folds, hub_cache, tmp_path):
     assert not [f for f in _files(out) if f.endswith(".py")]
 
 
-def test_small_max_shard_size_cuts_shards_like_push_to_hub(kaggle_part1, hub_cache, tmp_path):
-    out = tmp_path / "repo"
-    argv = [
-        "push",
-        "--repo-id",
-        REPO_ID,
-        "--data-dir",
-        kaggle_part1,
-        "--local-dir",
-        str(out),
-        "--max-shard-size",
-        "1MB",
-    ]
-    assert main([*argv, "--cache-dir", hub_cache, "--quiet"]) == 0
-    train = sorted(f for f in os.listdir(out / "part1") if f.startswith("train-"))
-    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=hub_cache)
-    expected = int(built["train"].data.nbytes / 1_000_000) + 1
-    assert expected > 1
-    assert train == [f"train-{i:05d}-of-{expected:05d}.parquet" for i in range(expected)]
-    loaded = datasets.load_dataset(str(out), "part1", cache_dir=str(tmp_path / "load"))
-    assert loaded["train"]["id"] == built["train"]["id"]
-
-
 def test_local_dir_is_not_overwritten_without_force(local_repo, kaggle_part1, hub_cache, capsys):
     before = {f: (local_repo / f).read_bytes() for f in _files(local_repo)}
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(local_repo)]
@@ -436,34 +413,41 @@ def test_push_commits_exactly_the_local_dir_folder(hub, local_repo, kaggle_part1
     _assert_same_rows(loaded, pim.build("part1", data_dir=kaggle_part1, cache_dir=hub_cache))
 
 
+def _shards(dataset_dict, config, max_bytes):
+    """The shard files push_to_hub's rule gives: Arrow bytes / max shard size, plus one, per split."""
+    names = []
+    for split, dataset in dataset_dict.items():
+        count = int(dataset.data.nbytes / max_bytes) + 1
+        names += [f"{config}/{split}-{k:05d}-of-{count:05d}.parquet" for k in range(count)]
+    return names
+
+
 def test_pushing_a_config_keeps_the_other_configs_files_and_deletes_its_stale_shards(
     hub, three_folds, hub_cache, tmp_path
 ):
     local = tmp_path / "local"
-    steps = [["--config", "folds"], ["--config", "part1", "--max-shard-size", "1MB"], ["--config", "part1"]]
     trees = []
-    for step in steps:  # each step to the Hub and to --local-dir: the same files, byte for byte
-        assert _hub_push(hub_cache, three_folds, *step) == 0
+    for step in (["--config", "folds", "part1", "--max-shard-size", "1MB"], ["--config", "part1"]):
+        assert _hub_push(hub_cache, three_folds, *step) == 0  # each to the Hub and to --local-dir:
         assert _hub_push(hub_cache, three_folds, *step, "--local-dir", str(local), "--force") == 0
-        trees.append(_same_trees(hub.root, local))
-    folds = ["folds/fold1-00000-of-00001.parquet", "folds/fold2-00000-of-00001.parquet",
-             "folds/fold3-00000-of-00001.parquet"]  # fmt: skip
-    part1 = ["part1/test-00000-of-00001.parquet", "part1/train-00000-of-00001.parquet",
-             "part1/validation-00000-of-00001.parquet"]  # fmt: skip
-    cut = [f"part1/train-{k:05d}-of-00003.parquet" for k in range(3)]
-    assert trees[0] == ["README.md", *folds, "id2label.json", "preview.png"]
-    assert trees[1] == ["README.md", *folds, "id2label.json", part1[0], *cut, part1[2], "preview.png"]
-    assert trees[2] == ["README.md", *folds, "id2label.json", *part1, "preview.png"]
-    # The part1 pushes touched no file of folds; the last one deleted the three shards of the one before.
-    assert [op for op in hub.commits[2][1] + hub.commits[3][1] if op[1].startswith("folds/")] == []
-    assert [op for op in hub.commits[3][1] if op[0] == "delete"] == [("delete", path) for path in cut]
+        trees.append(_same_trees(hub.root, local))  # the same files, byte for byte
+    built = {config: pim.build(config, data_dir=three_folds, cache_dir=hub_cache) for config in ("folds", "part1")}
+    folds, cut = _shards(built["folds"], "folds", 10**6), _shards(built["part1"], "part1", 10**6)
+    part1 = _shards(built["part1"], "part1", 500 * 10**6)
+    assert len(folds) > 3 and len(cut) > 3 and len(part1) == 3
+    top = ["README.md", "id2label.json", "preview.png"]
+    assert trees == [sorted([*top, *folds, *cut]), sorted([*top, *folds, *part1])]
+    # The part1 push touched no file of folds, and deleted the part1 shards that it no longer writes.
+    assert [op for op in hub.commits[2][1] if op[1].startswith("folds/")] == []
+    assert [op for op in hub.commits[2][1] if op[0] == "delete"] == [
+        ("delete", p) for p in sorted(set(cut) - set(part1))
+    ]
     assert os.path.isfile(os.path.join(hub.root, ".gitattributes"))
     card = DatasetCard.load(os.path.join(hub.root, "README.md")).data.to_dict()
     assert [(c["config_name"], c.get("default", False)) for c in card["configs"]] == [("part1", True), ("folds", False)]
     _assert_card_data_files_are_the_shards(hub.root)
-    for config in ("part1", "folds"):
-        loaded = datasets.load_dataset(hub.root, config, cache_dir=str(tmp_path / "load" / config))
-        _assert_same_rows(loaded, pim.build(config, data_dir=three_folds, cache_dir=hub_cache))
+    loaded = datasets.load_dataset(hub.root, "folds", cache_dir=str(tmp_path / "load"))  # kept, in several shards
+    _assert_same_rows(loaded, built["folds"])
 
 
 def test_a_hub_push_without_room_to_stage_touches_nothing(hub, kaggle_part1, hub_cache, monkeypatch, capsys):
