@@ -33,6 +33,7 @@ def checkout_infos_path(package_dir=PACKAGE_DIR):
         return os.path.join(root, "dataset_infos.json")
     return None
 
+
 # Patches per tissue in official folds 1, 2, 3 (Gamper et al.; the types.npy of each fold).
 OFFICIAL_TISSUE_COUNTS = {
     "Adrenal_gland": (134, 148, 155),
