@@ -23,6 +23,9 @@ import pannuke_imagemask as pim
 from . import __version__
 from .common import PROG, HelpFormatter, add_source_arguments, run_cli, sample_dir
 
+# The prediction layouts live in convert/predictions/; these names stay importable from here.
+from .predictions import check_ids, check_prediction_folder, hovernet_to_channels, open_masks_prediction
+
 logger = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5  # a pair matches when its IoU is strictly above this: such pairs are unique
@@ -171,38 +174,8 @@ def summarize(scores, tissues):
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictions: checks and the HoVer-Net layout.
+# The ground truth's checks (the prediction layouts: convert/predictions/).
 # ---------------------------------------------------------------------------------------------
-
-
-def check_ids(values, where, what="prediction", channels=None):
-    """Values as integers, or raise naming where if one is not a finite non-negative integer up to int32's max.
-
-    With channels, only the first that many channels (last axis) are checked; the others may hold anything.
-    """
-    values = np.asarray(values)
-    # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
-    if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
-            ids = values.astype(np.int64)
-        checked = values[..., :channels]
-        if np.array_equal(ids, values) or np.array_equal(ids[..., :channels], checked):
-            values = ids
-        else:
-            if not np.isfinite(checked).all():
-                raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
-            bad = checked[checked != np.floor(checked)]
-            if bad.size:
-                raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
-            # Left: integers beyond int64, which the range check below names.
-    if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
-        low, high = values[..., :channels].min(), values[..., :channels].max()
-        if low < 0:
-            raise ValueError(f"{where}: {what} has negative values (min {low:g})")
-        if high > MAX_PRED_ID:
-            raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
-    # Integers of up to 32 bits mix with the int64 keys as int64; uint64 would turn them into floats.
-    return values if values.dtype.kind in "iu" and values.dtype.itemsize <= 4 else values.astype(np.int64)
 
 
 def truth_ids(mask, where):
@@ -214,66 +187,6 @@ def truth_ids(mask, where):
     if not np.array_equal(ids, values):
         return pim.mask_to_ids(values, where)
     return ids
-
-
-def hovernet_to_channels(instance, types, where="prediction"):
-    """(H, W, 5) class channels from an instance map and a type map (0 background, 1..5 the classes).
-
-    A nucleus goes, whole, to the channel of the type most of its pixels have (ties to the lower type);
-    a nucleus whose pixels are mostly type 0 is dropped, as the type map calls it background.
-    """
-    instance = check_ids(instance, where, "instance channel")
-    types = check_ids(types, where, "type channel")
-    if types.max(initial=0) >= NUM_TYPES:
-        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
-    ids, n = _renumber(instance)
-    votes = np.bincount(ids * NUM_TYPES + types.ravel(), minlength=(n + 1) * NUM_TYPES).reshape(n + 1, NUM_TYPES)
-    kind = votes.argmax(axis=1)
-    kind[0] = 0
-    pixel_kind = kind[ids]
-    channels = np.zeros((ids.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
-    kept = np.nonzero(pixel_kind)[0]
-    channels[kept, pixel_kind[kept] - 1] = ids[kept]
-    return channels.reshape(*instance.shape, pim.NUM_CLASS_CHANNELS)
-
-
-def _check_dtype(path, dtype):
-    if dtype.kind not in "biuf":
-        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
-
-
-def open_masks_prediction(path, n, size):
-    """Memory-map a masks.npy of (n, H, W, >=5) predictions, after checking its header."""
-    shape, dtype = pim.read_npy_header(path)
-    _check_dtype(path, dtype)
-    if len(shape) != 4 or shape[1:3] != size or shape[3] < pim.NUM_CLASS_CHANNELS:
-        raise pim.PanNukeFormatError(
-            f"{path}: shape {shape}, expected (N, {size[0]}, {size[1]}, C) with C >= {pim.NUM_CLASS_CHANNELS}"
-        )
-    if shape[0] != n:
-        raise pim.PanNukeFormatError(f"{path}: {shape[0]} predictions, the split has {n} patches")
-    return np.lib.format.open_memmap(path, mode="r")
-
-
-def check_prediction_folder(folder, ids, size):
-    """Check that folder holds exactly one <id>.npy of shape (H, W, >=2) per id, before anything is scored."""
-    names = {name for name in os.listdir(folder) if name.endswith(".npy") and not name.startswith(".")}
-    expected = {f"{patch}.npy" for patch in ids}
-    missing = [f"{patch}.npy" for patch in ids if f"{patch}.npy" not in names]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} prediction(s) missing, the first {missing[0]}")
-    extra = sorted(names - expected)
-    if extra:
-        raise ValueError(f"{folder}: {len(extra)} prediction(s) not in the split, the first {extra[0]}")
-    for patch in ids:
-        path = os.path.join(folder, f"{patch}.npy")
-        shape, dtype = pim.read_npy_header(path)
-        _check_dtype(path, dtype)
-        if len(shape) != 3 or shape[:2] != size or shape[2] < 2:
-            raise pim.PanNukeFormatError(
-                f"{path}: prediction for {patch} has shape {shape}, expected ({size[0]}, {size[1]}, C) with "
-                "instance and type as the last two channels"
-            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Prediction readers: one module per layout that a framework writes when it predicts, behind one interface.
+
+`open_prediction(path, pred_format, patches, size)` opens a split's predictions once, after checking up front
+all it cheaply can; `Prediction.read(position)` gives one patch's `PatchPrediction`: (H, W, 5) class channels
+for PQ and one (x, y) point and type per nucleus for F1. A layout module has:
+
+- `NAME`, its --pred-format value;
+- `recognise(path)`: whether PATH looks like this layout (cheap: names only);
+- `open_layout(path, patches, size, **options)`: the checked Prediction.
+"""
+
+import importlib
+import os
+
+from .base import (
+    MAX_PRED_ID,
+    NUM_TYPES,
+    PatchPrediction,
+    Prediction,
+    check_ids,
+    from_instances,
+    hovernet_to_channels,
+)
+from .hovernet import check_prediction_folder
+from .masks import open_masks_prediction
+
+__all__ = [
+    "LAYOUT_NAMES",
+    "MAX_PRED_ID",
+    "NUM_TYPES",
+    "PatchPrediction",
+    "Prediction",
+    "check_ids",
+    "check_prediction_folder",
+    "from_instances",
+    "hovernet_to_channels",
+    "open_masks_prediction",
+    "open_prediction",
+]
+
+LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic")
+_MODULES = {"masks": "masks", "hovernet": "hovernet"}
+# Recognition order: the most specific first (a YOLO predict folder also holds PNG drawings, a cellpose
+# folder may hold the images beside the masks, HoVer-Net's output folder holds PNG overlays).
+_RECOGNITION = ("masks", "hovernet")
+DEFAULT_MIN_SCORE = 0.5
+DEFAULT_MAX_OVERLAP = 0.5
+
+
+def layout_module(name):
+    if name not in LAYOUT_NAMES:
+        raise ValueError(f"unknown prediction format {name!r}; valid: {', '.join(LAYOUT_NAMES)}")
+    if name not in _MODULES:
+        raise ValueError(f"prediction format {name!r} is not readable yet")
+    return importlib.import_module(f".{_MODULES[name]}", __name__)
+
+
+def recognise(path):
+    """The layout PATH holds, or a one-line error saying what evaluate reads."""
+    for name in _RECOGNITION:
+        if layout_module(name).recognise(path):
+            return name
+    raise ValueError(
+        f"{path}: not a prediction layout evaluate reads (a masks.npy, or a folder of <id>.npy); "
+        f"say which with --pred-format {'|'.join(LAYOUT_NAMES)}"
+    )
+
+
+def open_prediction(path, pred_format, patches, size, *, min_score=DEFAULT_MIN_SCORE, max_overlap=DEFAULT_MAX_OVERLAP):
+    """The split's predictions at path, in pred_format (None: recognised from what path holds).
+
+    patches: the split's rows in order as (patch_id, coco_image_id); size: (H, W). min_score and max_overlap
+    rule how the instance layouts (coco, yolo) become one map per patch. Raises ValueError,
+    FileNotFoundError or PanNukeFormatError with one line naming the file and what is wrong.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder (--pred)")
+    if not 0 <= max_overlap <= 1:
+        raise ValueError(f"--max-overlap must be in 0..1, got {max_overlap}")
+    name = recognise(path) if pred_format is None else pred_format
+    module = layout_module(name)
+    return module.open_layout(path, patches, tuple(size), min_score=min_score, max_overlap=max_overlap)
