@@ -39,10 +39,10 @@ __all__ = [
 ]
 
 LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic")
-_MODULES = {"masks": "masks", "hovernet": "hovernet"}
-# Recognition order: the most specific first (a YOLO predict folder also holds PNG drawings, a cellpose
-# folder may hold the images beside the masks, HoVer-Net's output folder holds PNG overlays).
-_RECOGNITION = ("masks", "hovernet")
+_MODULES = {name: name.replace("-", "_") for name in LAYOUT_NAMES}
+# Recognition order: the most specific first (HoVer-Net's output folder holds PNG overlays, a YOLO predict
+# folder PNG drawings, a cellpose folder may hold the images and _seg.npy pickles beside the masks).
+_RECOGNITION = ("masks", "coco", "hovernet-mat", "yolo", "cellpose", "hovernet", "semantic")
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MAX_OVERLAP = 0.5
 
@@ -50,8 +50,6 @@ DEFAULT_MAX_OVERLAP = 0.5
 def layout_module(name):
     if name not in LAYOUT_NAMES:
         raise ValueError(f"unknown prediction format {name!r}; valid: {', '.join(LAYOUT_NAMES)}")
-    if name not in _MODULES:
-        raise ValueError(f"prediction format {name!r} is not readable yet")
     return importlib.import_module(f".{_MODULES[name]}", __name__)
 
 
@@ -61,7 +59,8 @@ def recognise(path):
         if layout_module(name).recognise(path):
             return name
     raise ValueError(
-        f"{path}: not a prediction layout evaluate reads (a masks.npy, or a folder of <id>.npy); "
+        f"{path}: not a prediction layout evaluate reads (a masks.npy, a COCO results .json, or a folder of "
+        "HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png or class PNGs); "
         f"say which with --pred-format {'|'.join(LAYOUT_NAMES)}"
     )
 
