@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 import pannuke_imagemask as pim
 
-from . import __version__
+from . import __version__, detection
 from .common import PROG, HelpFormatter, add_source_arguments, run_cli, sample_dir
-
-# The prediction layouts live in convert/predictions/; these names stay importable from here.
-from .predictions import check_ids, check_prediction_folder, hovernet_to_channels, open_masks_prediction
+from .formats import FOLD_PROTOCOL
+from .formats.coco import image_id as coco_image_id
+from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ KEY_SPAN = MAX_PRED_ID + 1  # (channel, id) keys: channel * KEY_SPAN + id
 DENSE_PAIRS = 1 << 22  # above this many (true, pred) id pairs, count overlaps sparsely instead of densely
 TASK_PATCHES = 32  # patches per task handed to a worker
 SPLIT_ALIASES = {"valid": "validation"}  # the exported folder's name for it
+INSTANCE_LAYOUTS = ("coco", "yolo")  # the layouts that --min-score and --max-overlap rule
+PROTOCOL_DETECTION = ("f1", "precision", "recall", "type_accuracy")  # the F1 numbers the protocol averages
+PROTOCOL_STD_DDOF = 0  # the population standard deviation over the three splits (np.std's default)
 
 SCORE_COLUMNS = [f"pq_{name}" for name in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
 PER_PATCH_COLUMNS = ["id", "fold", "index", "tissue", *SCORE_COLUMNS]
@@ -108,7 +111,10 @@ def _quality(n_true, n_pred, iou):
 
 
 def _qualities(true, pred, count):
-    """([PQ of each class channel 0..count-1], binary PQ) of (H, W, >=count) truth and prediction channels."""
+    """([PQ of each class channel 0..count-1], binary PQ, truth's binary map) of (H, W, >=count) channels.
+
+    The truth's binary map is (pixels, their nucleus numbers, nuclei per channel), as truth_points reads it.
+    """
     size = true.shape[0] * true.shape[1] * count
     true_position, true_number, true_count = _nuclei(true, count)
     pred_position, pred_number, pred_count = _nuclei(pred, count)
@@ -123,7 +129,23 @@ def _qualities(true, pred, count):
     # Covered nuclei leave gaps in the numbers (the official script's IndexError): count those still seen.
     seen_true = np.count_nonzero(np.bincount(true_top)[1:])
     seen_pred = np.count_nonzero(np.bincount(pred_top)[1:])
-    return class_pq, _quality(seen_true, seen_pred, binary_iou)
+    return class_pq, _quality(seen_true, seen_pred, binary_iou), (true_pixel, true_top, true_count)
+
+
+def truth_points(pixel, number, per_channel, width):
+    """(x, y) and type (channel + 1) of each nucleus of a binary map, in number order: the F1's true nuclei.
+
+    These are the nuclei of the builder's instance_mask (the later channel wins, a nucleus wholly covered
+    is gone), each at the mean (x, y) of its pixels there.
+    """
+    n = int(per_channel.sum())
+    area = np.bincount(number, minlength=n + 1)
+    rows, cols = np.divmod(pixel, width)
+    x = np.bincount(number, weights=cols, minlength=n + 1)
+    y = np.bincount(number, weights=rows, minlength=n + 1)
+    seen = np.flatnonzero(area[1:]) + 1
+    types = np.repeat(np.arange(1, len(per_channel) + 1), per_channel)
+    return np.stack([x[seen] / area[seen], y[seen] / area[seen]], axis=1), types[seen - 1]
 
 
 def panoptic_quality(true, pred):
@@ -136,16 +158,21 @@ def patch_scores(true, pred):
 
     Ids are non-negative integers (check_ids); channels after 0..4 are not read.
     """
-    class_pq, binary_pq = _qualities(true, pred, pim.NUM_CLASS_CHANNELS)
+    class_pq, binary_pq, _ = _qualities(true, pred, pim.NUM_CLASS_CHANNELS)
     return np.array([*class_pq, nanmean(class_pq), binary_pq])
 
 
-def _renumber(ids):
-    """Flattened ids as 0 (background) and 1..n in increasing order of the old id; returns (ids, n)."""
-    values, inverse = np.unique(ids.ravel(), return_inverse=True)
-    if values[0] != 0:  # no background pixel: every value is a nucleus
-        return inverse.ravel() + 1, len(values)
-    return inverse.ravel(), len(values) - 1
+def score_patch(true, prediction, radius=detection.RADIUS, classified=True):
+    """(patch_scores, F1 counts in detection.COUNT_COLUMNS order) of truth ids and a PatchPrediction.
+
+    Without classes (classified False) the class PQs and mPQ are NaN: not available.
+    """
+    class_pq, binary_pq, binary = _qualities(true, prediction.channels, pim.NUM_CLASS_CHANNELS)
+    if not classified:
+        class_pq = [math.nan] * len(class_pq)
+    true_xy, true_types = truth_points(*binary, true.shape[1])
+    counts = detection.pair_counts(true_xy, true_types, prediction.centroids, prediction.types, radius)
+    return np.array([*class_pq, nanmean(class_pq), binary_pq]), counts
 
 
 def nanmean(values):
@@ -193,7 +220,7 @@ def truth_ids(mask, where):
 # Scoring a split, one patch at a time, in this process or a pool.
 # ---------------------------------------------------------------------------------------------
 
-# Per-process state: the rows to score and where their truth and prediction are; arrays opened lazily.
+# Per-process state: the rows to score, where their truth is, the prediction; arrays opened lazily.
 _WORKER = {}
 
 
@@ -209,28 +236,20 @@ def _opened(key, opener):
 
 
 def _score_task(task):
-    """(stop - start, 7) scores of rows start..stop of the split."""
+    """(scores (n, 7), F1 counts (n, len(COUNT_COLUMNS))) of rows start..stop of the split."""
     start, stop = task
-    files, rows, pred = _WORKER["files"], _WORKER["rows"], _WORKER["pred"]
+    files, rows, prediction, radius = (_WORKER[key] for key in ("files", "rows", "prediction", "radius"))
     scores = np.empty((stop - start, len(SCORE_COLUMNS)))
+    counts = np.empty((stop - start, len(detection.COUNT_COLUMNS)), dtype=np.int64)
     for k, (fold, index) in enumerate(rows[start:stop]):
         _, masks = _opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
         truth = truth_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
-        patch = pim.patch_id(fold, index)
-        if pred["layout"] == "masks":
-            array = _opened(("prediction",), lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
-            where = f"{pred['path']}: {patch}"
-            prediction = check_ids(array[start + k], where, channels=pim.NUM_CLASS_CHANNELS)
-        else:
-            path = os.path.join(pred["path"], f"{patch}.npy")
-            array = np.load(path, allow_pickle=False)
-            prediction = hovernet_to_channels(array[..., -2], array[..., -1], where=path)
-        scores[k] = patch_scores(truth, prediction)
-    return scores
+        scores[k], counts[k] = score_patch(truth, prediction.read(start + k), radius, prediction.classified)
+    return scores, counts
 
 
 def _run_tasks(tasks, num_proc, state):
-    """Each task's scores, in task order, from this process or a pool of num_proc forked workers."""
+    """Each task's results, in task order, from this process or a pool of num_proc forked workers."""
     if num_proc <= 1:
         _WORKER.update(state)
         try:
@@ -243,16 +262,21 @@ def _run_tasks(tasks, num_proc, state):
         yield from pool.imap(_score_task, tasks)
 
 
-def score_rows(files, rows, pred, num_proc=1, quiet=False):
-    """(N, 7) scores of the split's rows [(fold, index), ...] against pred {"layout", "path"}."""
+def score_rows(files, rows, prediction, radius=detection.RADIUS, num_proc=1, quiet=False):
+    """(scores (N, 7), F1 counts (N, len(COUNT_COLUMNS))) of the split's rows [(fold, index), ...].
+
+    The per-patch counts come from the workers; the parent only sums them (detection.summarize).
+    """
     tasks = [(s, min(s + TASK_PATCHES, len(rows))) for s in range(0, len(rows), TASK_PATCHES)]
-    state = {"files": files, "rows": rows, "pred": pred}
-    chunks = []
+    state = {"files": files, "rows": rows, "prediction": prediction, "radius": radius}
+    scores = [np.empty((0, len(SCORE_COLUMNS)))]
+    counts = [np.empty((0, len(detection.COUNT_COLUMNS)), dtype=np.int64)]
     with tqdm(total=len(rows), unit="patch", desc="Evaluating", disable=True if quiet else None) as bar:
-        for chunk in _run_tasks(tasks, num_proc, state):
-            chunks.append(chunk)
-            bar.update(len(chunk))
-    return np.concatenate(chunks) if chunks else np.empty((0, len(SCORE_COLUMNS)))
+        for chunk_scores, chunk_counts in _run_tasks(tasks, num_proc, state):
+            scores.append(chunk_scores)
+            counts.append(chunk_counts)
+            bar.update(len(chunk_scores))
+    return np.concatenate(scores), np.concatenate(counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,39 +319,66 @@ def _shown(value):
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _write_atomically(path, write):
-    """Write path through a temporary file beside it, so that no half-written report is ever left."""
-    tmp = f"{path}.incomplete"
+def _write_reports(reports):
+    """Write each (path, write) through a temporary file beside it, renamed only once all are complete.
+
+    No half-written report is ever left, and a failure while writing one leaves none of them.
+    """
+    done = []
     try:
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
+        for path, write in reports:
+            tmp = f"{path}.incomplete"
+            done.append(tmp)
+            with open(tmp, "w", newline="") as f:
+                write(f)
+        for (path, _), tmp in zip(reports, done):
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in done:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
-def write_per_patch(path, rows, tissues, scores):
+def _json_report(result):
+    return lambda f: json.dump(_json_value(result), f, indent=2, allow_nan=False)
+
+
+def _per_patch_report(runs):
+    """The per-patch CSV of [(split label or None, run), ...]: one row per patch, a split column if labelled."""
+
     def write(f):
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(PER_PATCH_COLUMNS)
-        for (fold, index), tissue, row in zip(rows, tissues, scores):
-            writer.writerow([pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)])
+        labelled = runs[0][0] is not None
+        writer.writerow((["split"] if labelled else []) + PER_PATCH_COLUMNS)
+        for label, run in runs:
+            for (fold, index), tissue, row in zip(run["rows"], run["tissues"], run["scores"]):
+                cells = [pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)]
+                writer.writerow(([label] if labelled else []) + cells)
 
-    _write_atomically(path, write)
+    return write
 
 
 def report_lines(result):
     """The table printed on stdout."""
+    found = result["detection"]
     lines = [
         f"split {result['split']} of config {result['config']}: {result['patches']} patches",
         "",
         f"mPQ  {_shown(result['mPQ'])}",
         f"bPQ  {_shown(result['bPQ'])}",
         "",
-        f"{'class':<14} {'PQ':>8}",
+        (
+            f"detection F1   {_shown(found['f1'])}  (precision {_shown(found['precision'])}, "
+            f"recall {_shown(found['recall'])}; radius {found['radius']:g} px)"
+        ),
+        f"type accuracy  {_shown(found['type_accuracy'])}",
+        "",
+        f"{'class':<14} {'PQ':>8} {'F1':>8}",
     ]
-    lines += [f"{name:<14} {_shown(value):>8}" for name, value in result["per_class"].items()]
+    lines += [
+        f"{name:<14} {_shown(value):>8} {_shown(result['f1_per_class'][name]):>8}"
+        for name, value in result["per_class"].items()
+    ]
     lines += ["", f"{'tissue':<14} {'patches':>7} {'mPQ':>8} {'bPQ':>8}"]
     lines += [
         f"{tissue:<14} {t['patches']:>7} {_shown(t['mPQ']):>8} {_shown(t['bPQ']):>8}"
@@ -340,26 +391,86 @@ def _get_parser():
     parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--pred",
-        required=True,
-        help="predictions: a masks.npy of (N, 256, 256, >=5) class channels in the split's row order, or a "
-        "folder of <id>.npy, each (256, 256, ..., instance, type) as HoVer-Net writes them",
+        help="predictions of the split, as a framework writes them (see --pred-format): e.g. a masks.npy of "
+        "(N, 256, 256, >=5) class channels in the split's row order, or a folder of <id>.npy (..., instance, "
+        "type) as HoVer-Net holds them",
+    )
+    parser.add_argument(
+        "--pred-format",
+        choices=LAYOUT_NAMES,
+        help="the layout of --pred (default: recognised from what it holds)",
+    )
+    parser.add_argument(
+        "--protocol",
+        nargs=3,
+        metavar=("split1=PRED", "split2=PRED", "split3=PRED"),
+        help="score PanNuke's three-split protocol at once: split 1 and 2 on fold 3, split 3 on fold 1, then the "
+        "mean and standard deviation over the three (instead of --pred and --split; --config folds)",
     )
     parser.add_argument(
         "--split", help="the split to score: train, validation (or valid), test (default); fold1..fold3 for folds"
+    )
+    parser.add_argument(
+        "--f1-radius",
+        type=float,
+        default=detection.RADIUS,
+        help="detection F1: pixels within which a paired true and predicted centroid count as one nucleus "
+        "(12 for PanNuke's 40x, as HoVer-Net; 6 at 20x, as CellViT)",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=DEFAULT_MIN_SCORE,
+        help="coco, yolo: instances scored below this are not kept",
+    )
+    parser.add_argument(
+        "--max-overlap",
+        type=float,
+        default=DEFAULT_MAX_OVERLAP,
+        help="coco, yolo: an instance whose overlap with the pixels of higher-scored ones is more than this "
+        "fraction of its area is skipped",
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
     add_source_arguments(parser)
     # The shared help says a missing source means a download; scoring needs the folds on disk.
     parser._option_string_actions["--data-dir"].help = "folder with the unpacked PanNuke folds (this or --sample)"
+    # No default in the parser: --protocol implies folds, anything else part1.
+    parser._option_string_actions[
+        "--config"
+    ].help = "which folds and which splits (default: part1; with --protocol, folds)"
+    parser.set_defaults(config=None)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
+
+
+def _protocol_paths(parser, values):
+    """{1: PRED, 2: PRED, 3: PRED} of --protocol split1=PRED split2=PRED split3=PRED, in any order."""
+    paths = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        split = name[len("split") :] if name.startswith("split") else ""
+        if not sep or not path or split not in ("1", "2", "3") or int(split) in paths:
+            parser.error(f"--protocol wants split1=PRED split2=PRED split3=PRED, each once; got {' '.join(values)}")
+        paths[int(split)] = path
+    return dict(sorted(paths.items()))
 
 
 def _check_args(parser, args):
     """Usage errors (exit 2): a source is required, and the split must exist in the config."""
     if not args.data_dir and not args.sample:
         parser.error("one of --data-dir or --sample is required")
+    if args.protocol:
+        if args.pred or args.split:
+            parser.error("--protocol names the three splits' predictions itself: not with --pred or --split")
+        if args.config not in (None, "folds"):
+            parser.error(f"--protocol scores the folds of --config folds, not --config {args.config}")
+        args.config = "folds"
+        args.protocol = _protocol_paths(parser, args.protocol)
+        return next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
+    if not args.pred:
+        parser.error("one of --pred or --protocol is required")
+    args.config = args.config or "part1"
     config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
     valid = split_names(config)
     if args.split is None and config.split_by_fold:
@@ -376,11 +487,8 @@ def _check_output(path, option):
         raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
 
 
-def evaluate(args, config):
-    if args.num_proc < 1:
-        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
-    _check_output(args.json, "--json")
-    _check_output(args.per_patch, "--per-patch")
+def open_split(args, config, split, pred):
+    """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
     if args.sample:
         data_dir = sample_dir(config.folds, args.cache_dir)
         logger.warning("using the built-in sample: FAKE patches, not PanNuke data")
@@ -391,43 +499,153 @@ def evaluate(args, config):
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
-    folds = folds_needed(config, args.split)
+    folds = folds_needed(config, split)
     files = pim.find_folds([data_dir], folds)
     tissues = {fold: pim.check_fold(files[fold]) for fold in folds}
-    rows = split_rows(config, tissues, args.split, args.split_seed, ratios)
+    rows = split_rows(config, tissues, split, args.split_seed, ratios)
     if not rows:
-        raise ValueError(f"split {args.split} has no patches with these split ratios {list(ratios)}")
+        raise ValueError(f"split {split} has no patches with these split ratios {list(ratios)}")
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
 
-    pred_path = os.path.abspath(args.pred)
-    if os.path.isdir(pred_path):
-        check_prediction_folder(pred_path, [pim.patch_id(*row) for row in rows], size)
-        pred = {"layout": "folder", "path": pred_path}
-    elif os.path.isfile(pred_path):
-        open_masks_prediction(pred_path, len(rows), size)
-        pred = {"layout": "masks", "path": pred_path}
-    else:
-        raise FileNotFoundError(f"{args.pred}: no such file or folder (--pred)")
+    pred_path = os.path.abspath(pred)
+    patches = [(pim.patch_id(fold, index), coco_image_id(fold, index)) for fold, index in rows]
+    options = {"min_score": args.min_score, "max_overlap": args.max_overlap}
+    prediction = open_prediction(pred_path, args.pred_format, patches, size, **options)
+    return {
+        "split": split,
+        "data_dir": data_dir,
+        "files": files,
+        "rows": rows,
+        "tissues": [tissues[fold][index] for fold, index in rows],
+        "ratios": ratios,
+        "prediction": prediction,
+    }
 
-    logger.info("scoring %d patches of split %s against %s", len(rows), args.split, pred_path)
-    scores = score_rows(files, rows, pred, args.num_proc, args.quiet)
-    row_tissues = [tissues[fold][index] for fold, index in rows]
+
+def score_split(args, config, opened):
+    """The result of an opened split (as --json holds it), with its per-patch scores as run["scores"]."""
+    prediction = opened["prediction"]
+    for note in prediction.notes:
+        logger.warning("%s: %s", prediction.path, note)
+    logger.info("scoring %d patches of split %s against %s", len(opened["rows"]), opened["split"], prediction.path)
+    scores, counts = score_rows(opened["files"], opened["rows"], prediction, args.f1_radius, args.num_proc, args.quiet)
+    pred = {"path": prediction.path, "layout": prediction.name, "classified": prediction.classified}
+    if prediction.name in INSTANCE_LAYOUTS:
+        pred.update(min_score=args.min_score, max_overlap=args.max_overlap)
     result = {
-        **summarize(scores, row_tissues),
-        "patches": len(rows),
-        "split": args.split,
+        **summarize(scores, opened["tissues"]),
+        **detection.summarize(counts, prediction.classified, args.f1_radius),
+        "patches": len(opened["rows"]),
+        "split": opened["split"],
         "config": args.config,
         "split_seed": None if config.split_by_fold else args.split_seed,
-        "split_ratios": None if config.split_by_fold else list(ratios),
-        "source": {"data_dir": None if args.sample else data_dir, "sample": bool(args.sample)},
-        "pred": {"path": pred_path, "layout": pred["layout"]},
+        "split_ratios": None if config.split_by_fold else list(opened["ratios"]),
+        "source": {"data_dir": None if args.sample else opened["data_dir"], "sample": bool(args.sample)},
+        "pred": pred,
         "version": __version__,
     }
-    print("\n".join(report_lines(result)))
-    if args.json:
-        _write_atomically(args.json, lambda f: json.dump(_json_value(result), f, indent=2, allow_nan=False))
+    return {"result": result, "rows": opened["rows"], "tissues": opened["tissues"], "scores": scores}
+
+
+def _across(results, reduce):
+    """reduce (a list of 3 values -> one) applied to each number the papers' tables give, over the splits."""
+
+    def over(get):
+        return reduce([get(result) for result in results])
+
+    return {
+        "mPQ": over(lambda r: r["mPQ"]),
+        "bPQ": over(lambda r: r["bPQ"]),
+        "per_class": {name: over(lambda r, n=name: r["per_class"][n]) for name in pim.NUCLEUS_CLASSES},
+        "detection": {key: over(lambda r, k=key: r["detection"][k]) for key in PROTOCOL_DETECTION},
+        "f1_per_class": {name: over(lambda r, n=name: r["f1_per_class"][n]) for name in pim.NUCLEUS_CLASSES},
+        "per_tissue": {
+            tissue: {key: over(lambda r, t=tissue, k=key: r["per_tissue"][t][k]) for key in ("mPQ", "bPQ")}
+            for tissue in pim.TISSUES
+        },
+    }
+
+
+def protocol_summary(results):
+    """{"mean": ..., "std": ...} over the three splits' results; NaN wherever a split has NaN.
+
+    The standard deviation is the population one (np.std, ddof=0), over the three splits.
+    """
+    return {
+        "mean": _across(results, lambda values: float(np.mean(values))),
+        "std": _across(results, lambda values: float(np.std(values, ddof=PROTOCOL_STD_DDOF))),
+    }
+
+
+def protocol_lines(summary, results):
+    """The protocol's table: each number of each split, their mean and std."""
+    labels = [f"split{k}" for k in results]
+    tests = ", ".join(f"{label} on {result['split']}" for label, result in zip(labels, results.values()))
+    lines = [
+        f"protocol of config folds: {tests}",
+        "",
+        f"{'':<26}" + "".join(f"{c:>9}" for c in [*labels, "mean", "std"]),
+    ]
+    values = [*results.values(), summary["mean"], summary["std"]]
+
+    def row(label, get):
+        lines.append(f"{label:<26}" + "".join(f"{_shown(get(v)):>9}" for v in values))
+
+    row("mPQ", lambda v: v["mPQ"])
+    row("bPQ", lambda v: v["bPQ"])
+    for key in PROTOCOL_DETECTION:
+        row(f"detection {key.replace('_', ' ')}", lambda v, k=key: v["detection"][k])
+    for name in pim.NUCLEUS_CLASSES:
+        row(f"PQ {name}", lambda v, n=name: v["per_class"][n])
+    for name in pim.NUCLEUS_CLASSES:
+        row(f"F1 {name}", lambda v, n=name: v["f1_per_class"][n])
+    for tissue in pim.TISSUES:
+        for key in ("mPQ", "bPQ"):
+            row(f"{key} {tissue}", lambda v, t=tissue, k=key: v["per_tissue"][t][k])
+    lines += ["", "std: population standard deviation (ddof=0) over the three splits"]
+    return lines
+
+
+def run_protocol(args, config):
+    """Score the three splits' test folds, then print and write each split's result, their mean and std."""
+    opened = {}
+    for k, pred in args.protocol.items():  # every prediction checked before any patch is scored
+        opened[k] = open_split(args, config, FOLD_PROTOCOL[k][2], pred)
+    runs = {k: score_split(args, config, split) for k, split in opened.items()}
+    results = {f"split{k}": run["result"] for k, run in runs.items()}
+    summary = protocol_summary(list(results.values()))
+    print("\n".join(protocol_lines(summary, results)))
+    report = {
+        "splits": results,
+        **summary,
+        "std_ddof": PROTOCOL_STD_DDOF,
+        "config": "folds",
+        "version": __version__,
+    }
+    reports = [(args.json, _json_report(report))] if args.json else []
     if args.per_patch:
-        write_per_patch(args.per_patch, rows, row_tissues, scores)
+        reports.append((args.per_patch, _per_patch_report([(f"split{k}", run) for k, run in runs.items()])))
+    _write_reports(reports)
+    return 0
+
+
+def evaluate(args, config):
+    if args.num_proc < 1:
+        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
+    if not (math.isfinite(args.f1_radius) and args.f1_radius >= 0):
+        raise ValueError(f"--f1-radius must be a non-negative number of pixels, got {args.f1_radius:g}")
+    _check_output(args.json, "--json")
+    _check_output(args.per_patch, "--per-patch")
+    if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):
+        raise ValueError(f"{args.json}: --json and --per-patch name the same file")
+    if args.protocol:
+        return run_protocol(args, config)
+    run = score_split(args, config, open_split(args, config, args.split, args.pred))
+    print("\n".join(report_lines(run["result"])))
+    reports = [(args.json, _json_report(run["result"]))] if args.json else []
+    if args.per_patch:
+        reports.append((args.per_patch, _per_patch_report([(None, run)])))
+    _write_reports(reports)
     return 0
 
 

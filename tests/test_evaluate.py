@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import f1_oracle
 import numpy as np
 import pq_oracle
 import pytest
@@ -15,6 +16,7 @@ from conftest import raw_fold
 import pannuke_imagemask as pim
 from convert import evaluate as ev
 from convert.__main__ import main
+from convert.predictions import hovernet_to_channels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERFECT_1 = 1 / (1 + 1e-6)  # one nucleus found exactly: the official script's 0.999999
@@ -132,13 +134,13 @@ def test_a_nucleus_takes_the_class_of_most_of_its_pixels_ties_to_the_lower_type(
     instance[0, :], types[0, :] = 50, [2, 2, 2, 5]  # inflammatory
     instance[1, :], types[1, :] = 7, [4, 4, 1, 1]  # tie: neoplastic
     instance[2, :], types[2, :] = 300, [0, 0, 0, 3]  # mostly background: dropped
-    out = ev.hovernet_to_channels(instance, types)
+    out = hovernet_to_channels(instance, types)
     expected = np.zeros((4, 4, 5), dtype=np.int64)
     expected[0, :, 1] = 2
     expected[1, :, 0] = 1
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match="type channel has values above 5"):
-        ev.hovernet_to_channels(instance, types + 3)
+        hovernet_to_channels(instance, types + 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +205,33 @@ def fold1_prediction(three_folds, tmp_path_factory):
     return {"masks": masks, "tissues": tissues, "preds": preds, "path": str(path)}
 
 
+def f1_expected(masks, preds, radius=12):
+    """HoVer-Net's F1 numbers of masks-layout predictions: truth from the instance mask, predictions collapsed."""
+    patches = [(*f1_oracle.truth_nuclei(m), *f1_oracle.binary_nuclei(p)) for m, p in zip(masks, preds)]
+    return f1_oracle.type_stats(patches, radius)
+
+
+def assert_f1(result, expected, radius=12):
+    got = result["detection"]
+    assert got["radius"] == radius
+    for key in ("f1", "precision", "recall", "type_accuracy"):
+        assert got[key] == expected[key], key  # integer counts, the same formulas: exact
+    assert list(result["f1_per_class"]) == pim.NUCLEUS_CLASSES
+    for t, name in enumerate(pim.NUCLEUS_CLASSES, start=1):
+        value = result["f1_per_class"][name]
+        assert (value is None and math.isnan(expected["f1_per_type"][t])) or value == expected["f1_per_type"][t]
+
+
 @pytest.fixture(scope="module")
 def oracle_fold1(fold1_prediction):
     masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
     scores = [pq_oracle.patch_scores(np.asarray(masks[i]), preds[i]) for i in range(len(masks))]
     return scores, pq_oracle.summarize(scores, fold1_prediction["tissues"])
+
+
+@pytest.fixture(scope="module")
+def f1_fold1(fold1_prediction):
+    return f1_expected(fold1_prediction["masks"], fold1_prediction["preds"])
 
 
 def test_patch_scores_equal_the_oracle_on_randomised_predictions(fold1_prediction, oracle_fold1):
@@ -236,7 +260,7 @@ def _run(three_folds, pred, tmp_path, *extra):
 
 
 def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overall(
-    three_folds, fold1_prediction, oracle_fold1, tmp_path, capsys
+    three_folds, fold1_prediction, oracle_fold1, f1_fold1, tmp_path, capsys
 ):
     result, rows = _run(three_folds, fold1_prediction["path"], tmp_path)
     scores, summary = oracle_fold1
@@ -259,10 +283,23 @@ def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overal
         close([np.nan if got[k] is None else got[k] for k in ("mPQ", "bPQ")], [expected["mPQ"], expected["bPQ"]])
     assert result["patches"] == 24 and result["split"] == "fold1" and result["config"] == "folds"
     assert result["split_seed"] is None and result["source"] == {"data_dir": three_folds, "sample": False}
-    assert result["pred"] == {"path": fold1_prediction["path"], "layout": "masks"}
+    assert result["pred"] == {"path": fold1_prediction["path"], "layout": "masks", "classified": True}
+    assert_f1(result, f1_fold1)
+    assert 0.3 < f1_fold1["f1"] < 0.95 and 0.3 < f1_fold1["type_accuracy"] < 0.95  # neither trivial nor perfect
     out = capsys.readouterr().out
     assert f"mPQ  {summary['mPQ']:.4f}" in out and f"bPQ  {summary['bPQ']:.4f}" in out
+    assert f"detection F1   {f1_fold1['f1']:.4f}  (precision {f1_fold1['precision']:.4f}, " in out
+    assert f"type accuracy  {f1_fold1['type_accuracy']:.4f}" in out
+    name, value = pim.NUCLEUS_CLASSES[3], summary["per_class"][pim.NUCLEUS_CLASSES[3]]
+    assert f"{name:<14} {value:>8.4f} {f1_fold1['f1_per_type'][4]:>8.4f}" in out
     assert "Colon" in out and "n/a" in out
+
+
+def test_the_f1_radius_is_an_option(three_folds, fold1_prediction, tmp_path):
+    result, _ = _run(three_folds, fold1_prediction["path"], tmp_path, "--f1-radius", "6")
+    expected = f1_expected(fold1_prediction["masks"], fold1_prediction["preds"], radius=6)
+    assert_f1(result, expected, radius=6)
+    assert expected["f1"] < f1_expected(fold1_prediction["masks"], fold1_prediction["preds"])["f1"]
 
 
 def test_a_split_over_three_folds_equals_the_oracle(three_folds, tmp_path):
@@ -311,7 +348,8 @@ def test_both_prediction_layouts_give_identical_numbers(three_folds, fold1_predi
     from_masks, masks_rows = _run(three_folds, str(tmp_path / "masks.npy"), tmp_path)
     assert folder_rows == masks_rows
     assert {**from_folder, "pred": None} == {**from_masks, "pred": None}
-    assert from_folder["pred"]["layout"] == "folder"
+    assert from_folder["pred"]["layout"] == "hovernet"
+    assert from_folder["detection"]["f1"] == f1_expected(fold1_prediction["masks"], flat)["f1"]
 
 
 def test_two_processes_end_and_give_identical_numbers(three_folds, fold1_prediction, tmp_path):
