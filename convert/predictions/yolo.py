@@ -25,10 +25,11 @@ def labels_folder(path):
     return inner if os.path.isdir(inner) else path
 
 
+PATCH_FILE = ".txt"  # a labels/ folder itself has no other mark
+
+
 def recognise(path):
-    if not os.path.isdir(path):
-        return False
-    return os.path.isdir(os.path.join(path, "labels")) or any(name.endswith(".txt") for name in os.listdir(path))
+    return os.path.isdir(os.path.join(path, "labels"))
 
 
 def polygon_piece(points, size):
