@@ -4,11 +4,16 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 import pannuke_imagemask as pim
 
 NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
 MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
+
+
+class PredictionError(ValueError):
+    """A prediction file is damaged, foreign to the split, or not in its layout."""
 
 
 class PatchPrediction(NamedTuple):
@@ -79,23 +84,25 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
     ids = np.asarray(ids).reshape(-1).astype(np.int64)
     types = np.asarray(types).reshape(-1).astype(np.int64)
     if len(types) != len(ids):
-        raise ValueError(f"{where}: {len(ids)} nuclei but {len(types)} types")
+        raise PredictionError(f"{where}: {len(ids)} nuclei but {len(types)} types")
     if ids.size and (ids.min() < 1 or ids.max() > MAX_PRED_ID):
-        raise ValueError(f"{where}: nucleus id {ids.min() if ids.min() < 1 else ids.max()} is not in 1..{MAX_PRED_ID}")
+        raise PredictionError(
+            f"{where}: nucleus id {ids.min() if ids.min() < 1 else ids.max()} is not in 1..{MAX_PRED_ID}"
+        )
     if types.size and (types.min() < 0 or types.max() >= NUM_TYPES):
         bad = types[(types < 0) | (types >= NUM_TYPES)][0]
-        raise ValueError(f"{where}: nucleus type {bad} is not in 0..{NUM_TYPES - 1}")
+        raise PredictionError(f"{where}: nucleus type {bad} is not in 0..{NUM_TYPES - 1}")
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     twice = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
     if twice.size:
-        raise ValueError(f"{where}: nucleus id {twice[0]} listed twice")
+        raise PredictionError(f"{where}: nucleus id {twice[0]} listed twice")
     flat = instance.ravel()
     nonzero = np.flatnonzero(flat)
     place = np.minimum(np.searchsorted(sorted_ids, flat[nonzero]), max(len(ids) - 1, 0))
     unknown = sorted_ids[place] != flat[nonzero] if len(ids) else np.ones(len(nonzero), dtype=bool)
     if unknown.any():
-        raise ValueError(f"{where}: instance {flat[nonzero][unknown][0]} of the map has no type")
+        raise PredictionError(f"{where}: instance {flat[nonzero][unknown][0]} of the map has no type")
     # Numbers 1..n over the listed ids present in the map, in increasing id order, as evaluate renumbers.
     present = np.zeros(len(ids), dtype=bool)
     present[place] = True
@@ -112,15 +119,15 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
     channels = channels.reshape(height, width, pim.NUM_CLASS_CHANNELS)
     if centroids is None:
         if n < len(ids):
-            raise ValueError(f"{where}: nucleus {sorted_ids[~present][0]} has no pixels in the instance map")
+            raise PredictionError(f"{where}: nucleus {sorted_ids[~present][0]} has no pixels in the instance map")
         points = np.empty((len(ids), 2))
         points[order] = pixel_means(numbers, n, width)
     else:
         points = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
         if len(points) != len(ids):
-            raise ValueError(f"{where}: {len(ids)} nuclei but {len(points)} centroids")
+            raise PredictionError(f"{where}: {len(ids)} nuclei but {len(points)} centroids")
         if not np.isfinite(points).all():
-            raise ValueError(f"{where}: centroids have non-finite values (NaN or inf)")
+            raise PredictionError(f"{where}: centroids have non-finite values (NaN or inf)")
     return PatchPrediction(channels, points, types)
 
 
@@ -194,3 +201,42 @@ def check_dtype(path, dtype):
 def listing(folder):
     """The visible file names of a folder, sorted."""
     return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def class_agnostic(instance, where):
+    """The PatchPrediction of an instance map without classes: every nucleus in channel 0, of type 0 (unknown)."""
+    instance = check_ids(instance, where, "instance map")
+    ids = np.unique(instance)
+    ids = ids[ids != 0]
+    prediction = from_instances(instance, ids, np.ones(len(ids), dtype=np.int64), where=where)
+    return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
+
+
+PNG_MODES = {"L": "8-bit grey", "I;16": "16-bit grey", "P": "palette"}
+
+
+def check_png(path, size, modes):
+    """Check a PNG's header: its size and that its mode is one of modes (keys of PNG_MODES); returns the mode."""
+    try:
+        with Image.open(path) as image:
+            kind, mode, (width, height) = image.format, image.mode, image.size
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for a damaged or foreign file
+        raise PredictionError(f"{path}: not a readable PNG ({exc})") from None
+    if kind != "PNG":
+        raise PredictionError(f"{path}: a {kind} image, expected a PNG")
+    if mode not in modes:
+        wanted = " or ".join(PNG_MODES[m] for m in modes)
+        raise PredictionError(f"{path}: a {mode} PNG, expected one {wanted} channel")
+    if (height, width) != tuple(size):
+        raise PredictionError(f"{path}: {width}x{height} pixels, the patches are {size[1]}x{size[0]}")
+    return mode
+
+
+def read_png(path, size, modes):
+    """The pixels of a PNG checked as check_png checks it; a damaged body is a one-line error too."""
+    check_png(path, size, modes)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PredictionError(f"{path}: not a readable PNG ({exc})") from None

@@ -11,8 +11,11 @@ from .base import Prediction, check_dtype, hovernet_prediction
 NAME = "hovernet"
 
 
+PATCH_FILE = ".npy"
+
+
 def recognise(path):
-    return os.path.isdir(path) and any(name.endswith(".npy") for name in os.listdir(path))
+    return False  # no mark of its own: recognised by its <id>.npy files
 
 
 def check_prediction_folder(folder, ids, size):

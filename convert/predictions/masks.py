@@ -30,14 +30,19 @@ def open_masks_prediction(path, n, size):
 
 
 def channel_nuclei(channels):
-    """(centroids (N, 2) (x, y), types (N,)) of the nuclei of (H, W, 5) class channels, in (channel, id) order.
+    """(centroids (N, 2) (x, y), types (N,)) of the nuclei of (H, W, 5) class channels, as the binary map sees them.
 
-    Each (channel, id) pair is one nucleus of type channel + 1, at the mean (x, y) of its pixels in that channel.
+    Channels collapse as for bPQ and the builder's instance_mask: the later channel on top. Each (channel, id)
+    pair with pixels on top is one nucleus of type channel + 1 at the mean (x, y) of those pixels, in
+    (channel, id) order; a nucleus wholly covered is not one.
     """
     _, width, count = channels.shape
     flat = channels.reshape(-1)
     position = np.flatnonzero(flat)
     pixel, channel = np.divmod(position, count)
+    top = np.ones(len(pixel), dtype=bool)  # positions run through a pixel's channels in order: the last is on top
+    top[:-1] = pixel[1:] != pixel[:-1]
+    position, pixel, channel = position[top], pixel[top], channel[top]
     keys, number = np.unique(channel * KEY_SPAN + flat[position].astype(np.int64), return_inverse=True)
     number = number.ravel()
     area = np.bincount(number, minlength=len(keys))
