@@ -519,7 +519,7 @@ def protocol_summary(results):
 
 def protocol_lines(summary, results):
     """The protocol's table: each number of each split, their mean and std."""
-    labels = [f"split{k}" for k in results]
+    labels = list(results)
     tests = ", ".join(f"{label} on {result['split']}" for label, result in zip(labels, results.values()))
     lines = [
         f"protocol of config folds: {tests}",
