@@ -647,3 +647,32 @@ def test_a_bad_f1_radius_or_one_file_for_both_reports_is_one_line(three_folds, f
     out = tmp_path / "bad.json"
     assert main([*base, "--json", str(out), "--per-patch", str(out), "--quiet"]) == 1
     assert "--json and --per-patch name the same file" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_cellpose_prediction_scores_bpq_and_detection_and_leaves_the_classes_not_available(
+    three_folds, fold1_prediction, tmp_path, capsys
+):
+    from PIL import Image
+
+    folder = tmp_path / "cellpose"
+    folder.mkdir()
+    preds = fold1_prediction["preds"]
+    for i, pred in enumerate(preds):
+        collapsed = pq_oracle.binarize(pred)
+        if collapsed.any():  # cellpose writes no file for an image without masks
+            Image.fromarray(collapsed.astype(np.uint16)).save(folder / f"{pim.patch_id(1, i)}_cp_masks.png")
+    result, rows = _run(three_folds, str(folder), tmp_path)
+    masks = fold1_prediction["masks"]
+    expected = pq_oracle.summarize(
+        [pq_oracle.patch_scores(np.asarray(masks[i]), preds[i]) for i in range(len(masks))], fold1_prediction["tissues"]
+    )
+    assert result["pred"] == {"path": str(folder), "layout": "cellpose", "classified": False}
+    close(result["bPQ"], expected["bPQ"])
+    assert result["mPQ"] is None and set(result["per_class"].values()) == {None}
+    assert {t["mPQ"] for t in result["per_tissue"].values()} == {None}
+    assert result["detection"]["type_accuracy"] is None and set(result["f1_per_class"].values()) == {None}
+    # Detection ignores types: the same as the classified prediction's.
+    assert result["detection"]["f1"] == f1_expected(masks, preds)["f1"]
+    assert all(r[4:10] == [""] * 6 for r in rows[1:])  # class PQs and mPQ: empty cells, not 0
+    out = capsys.readouterr().out
+    assert "mPQ  n/a" in out and "type accuracy  n/a" in out and f"{'dead':<14} {'n/a':>8} {'n/a':>8}" in out
