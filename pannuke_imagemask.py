@@ -175,6 +175,32 @@ def assign_splits(tissues_by_fold, seed=DEFAULT_SPLIT_SEED, ratios=DEFAULT_SPLIT
     return {split: sorted(items) for split, items in members.items()}
 
 
+def split_names(config):
+    """The splits a config has, in order: fold1..fold3 for the official protocol, else train, validation, test."""
+    return [f"fold{fold}" for fold in config.folds] if config.split_by_fold else list(SPLITS)
+
+
+def split_folds(config, split):
+    """The folds whose patches can be in a split of a config: one fold when the folds are the splits."""
+    return (int(split[len("fold") :]),) if config.split_by_fold else tuple(config.folds)
+
+
+def split_members(config, tissues_by_fold, seed=DEFAULT_SPLIT_SEED, ratios=DEFAULT_SPLIT_RATIOS):
+    """The one rule of split membership: {split: [(fold, index), ...]} in (fold, index) order, empty splits kept.
+
+    config gives the folds and whether each fold is a split of its own; tissues_by_fold holds at least the
+    tissue lists of split_folds(config, split) for the splits wanted (with split_by_fold, the folds given
+    are the splits returned). Otherwise the config's folds are pooled and cut by assign_splits.
+    """
+    if config.split_by_fold:
+        return {
+            f"fold{fold}": [(fold, index) for index in range(len(tissues_by_fold[fold]))]
+            for fold in config.folds
+            if fold in tissues_by_fold
+        }
+    return assign_splits({fold: tissues_by_fold[fold] for fold in config.folds}, seed, ratios)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pixels: plain functions of numpy arrays.
 # ---------------------------------------------------------------------------------------------
@@ -619,10 +645,7 @@ class PanNukeImageMask(datasets.GeneratorBasedBuilder):
             roots = self._download_folds(dl_manager)
         files = find_folds(roots, self.config.folds)
         tissues = {fold: check_fold(files[fold]) for fold in self.config.folds}
-        if self.config.split_by_fold:
-            members = {f"fold{fold}": [(fold, i) for i in range(len(tissues[fold]))] for fold in self.config.folds}
-        else:
-            members = assign_splits(tissues, self.config.split_seed, self.config.split_ratios)
+        members = split_members(self.config, tissues, self.config.split_seed, self.config.split_ratios)
         for split in [split for split, items in members.items() if not items]:
             # An Arrow split cannot be empty; small data or a zero ratio leave some splits without patches.
             logger.warning("split %r has no patches and is left out", split)

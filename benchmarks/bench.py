@@ -30,7 +30,7 @@ from PIL import Image
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
-from convert.export import render_mask
+from convert.formats.imagemask import render_mask
 from convert.sample import fold_paths, write_fold
 
 FORMATS = ("coco", "yolo", "hovernet", "pannuke", "cellvit", "nnunet", "cellpose")  # timed against the imagemask export at --num-proc 1

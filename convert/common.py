@@ -12,9 +12,11 @@ import tempfile
 
 import datasets
 from filelock import FileLock
+from tqdm import tqdm
 
 import pannuke_imagemask as pim
 
+from . import __version__
 from .sample import SAMPLE_FOLDER, SAMPLE_PATCHES, SAMPLE_VERSION, kaggle_fold_dir, write_fold
 
 PROG = "pannuke-imagemask"
@@ -37,13 +39,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
-def add_source_arguments(parser, several_configs=False):
-    """--data-dir | --sample, the config and split options, --num-proc, --cache-dir, --quiet."""
+def command_parser(name, doc):
+    """A command's parser: its prog and description, and --version (every command has it)."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=doc, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def add_quiet_argument(parser):
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
+
+
+def progress_bar(total, desc, quiet=False):
+    """The commands' progress bar: none with --quiet, else on a terminal only (tqdm's disable=None)."""
+    return tqdm(total=total, unit="patch", desc=desc, disable=True if quiet else None)
+
+
+def add_source_arguments(parser, several_configs=False, download=True, work="building and writing"):
+    """--data-dir | --sample, the config and split options, --num-proc, --cache-dir, --quiet.
+
+    download: whether no source means the official download (else one of the two is required); work: what
+    the processes of --num-proc do in this command.
+    """
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--data-dir",
         help="folder with the unpacked PanNuke folds (Kaggle 'Part N' or official 'Fold N'); "
-        "without it and without --sample the official zips are downloaded",
+        + ("without it and without --sample the official zips are downloaded" if download else "this or --sample"),
     )
     source.add_argument(
         "--sample",
@@ -63,9 +85,9 @@ def add_source_arguments(parser, several_configs=False):
         default=list(pim.DEFAULT_SPLIT_RATIOS),
         help="split proportions, summing to 1 (ignored by --config folds)",
     )
-    parser.add_argument("--num-proc", type=int, default=1, help="processes for building and writing")
+    parser.add_argument("--num-proc", type=int, default=1, help=f"processes for {work}")
     parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
-    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only, no progress bars")
+    add_quiet_argument(parser)
 
 
 def configure_logging(args):
@@ -177,19 +199,35 @@ def source_of(args):
     return {"data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "sample": bool(args.sample)}
 
 
-def build_from_args(args):
-    """Build the DatasetDict the options ask for; returns (dataset_dict, source)."""
-    source = source_of(args)
+def config_named(name):
+    """The builder config of a name (the names are argparse choices, so it exists)."""
+    return next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == name)
+
+
+def resolve_source(args, folds, required=False):
+    """The folder the source options name: the sample's (written on first use), --data-dir, or None to download.
+
+    Also the checks every command makes of them: --num-proc at least 1, --data-dir an existing folder, and
+    with required (a command that reads the folds itself), a source given at all.
+    """
     if args.num_proc < 1:
         raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
-    config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
-    if source["sample"]:
-        data_dir = sample_dir(config.folds, args.cache_dir)
+    if args.sample:
         logging.getLogger(__name__).warning("using the built-in sample: FAKE patches, not PanNuke data")
-    else:
-        data_dir = source["data_dir"]
-        if data_dir is not None and not os.path.isdir(data_dir):
-            raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+        return sample_dir(folds, args.cache_dir)
+    if not args.data_dir:
+        if required:
+            raise ValueError("one of --data-dir or --sample is required")
+        return None
+    data_dir = os.path.abspath(args.data_dir)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+    return data_dir
+
+
+def build_from_args(args):
+    """Build the DatasetDict the options ask for; returns (dataset_dict, source)."""
+    data_dir = resolve_source(args, config_named(args.config).folds)
     dataset_dict = pim.build(
         args.config,
         data_dir=data_dir,
@@ -198,7 +236,7 @@ def build_from_args(args):
         split_seed=args.split_seed,
         split_ratios=tuple(args.split_ratios),
     )
-    return dataset_dict, source
+    return dataset_dict, source_of(args)
 
 
 def one_line(exc):

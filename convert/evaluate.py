@@ -5,25 +5,22 @@ pairwise IoU from one joint histogram per map, and defined where the official sc
 wholly covered by a later channel, a map without background).
 """
 
-import argparse
 import csv
 import json
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 import pannuke_imagemask as pim
 
 from . import __version__, detection
-from .common import PROG, HelpFormatter, add_source_arguments, run_cli, sample_dir
+from .common import add_source_arguments, command_parser, config_named, progress_bar, resolve_source, run_cli
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
+from .pool import WORKER, opened, run_tasks
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
 
 logger = logging.getLogger(__name__)
@@ -220,46 +217,18 @@ def truth_ids(mask, where):
 # Scoring a split, one patch at a time, in this process or a pool.
 # ---------------------------------------------------------------------------------------------
 
-# Per-process state: the rows to score, where their truth is, the prediction; arrays opened lazily.
-_WORKER = {}
-
-
-def _init_worker(state):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _WORKER.update(state)
-
-
-def _opened(key, opener):
-    if key not in _WORKER:
-        _WORKER[key] = opener()
-    return _WORKER[key]
-
 
 def _score_task(task):
     """(scores (n, 7), F1 counts (n, len(COUNT_COLUMNS))) of rows start..stop of the split."""
     start, stop = task
-    files, rows, prediction, radius = (_WORKER[key] for key in ("files", "rows", "prediction", "radius"))
+    files, rows, prediction, radius = (WORKER[key] for key in ("files", "rows", "prediction", "radius"))
     scores = np.empty((stop - start, len(SCORE_COLUMNS)))
     counts = np.empty((stop - start, len(detection.COUNT_COLUMNS)), dtype=np.int64)
     for k, (fold, index) in enumerate(rows[start:stop]):
-        _, masks = _opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
+        _, masks = opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
         truth = truth_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
         scores[k], counts[k] = score_patch(truth, prediction.read(start + k), radius, prediction.classified)
     return scores, counts
-
-
-def _run_tasks(tasks, num_proc, state):
-    """Each task's results, in task order, from this process or a pool of num_proc forked workers."""
-    if num_proc <= 1:
-        _WORKER.update(state)
-        try:
-            yield from map(_score_task, tasks)
-        finally:
-            _WORKER.clear()  # no memory map outlives the command
-        return
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    with context.Pool(num_proc, _init_worker, (state,)) as pool:
-        yield from pool.imap(_score_task, tasks)
 
 
 def score_rows(files, rows, prediction, radius=detection.RADIUS, num_proc=1, quiet=False):
@@ -271,8 +240,8 @@ def score_rows(files, rows, prediction, radius=detection.RADIUS, num_proc=1, qui
     state = {"files": files, "rows": rows, "prediction": prediction, "radius": radius}
     scores = [np.empty((0, len(SCORE_COLUMNS)))]
     counts = [np.empty((0, len(detection.COUNT_COLUMNS)), dtype=np.int64)]
-    with tqdm(total=len(rows), unit="patch", desc="Evaluating", disable=True if quiet else None) as bar:
-        for chunk_scores, chunk_counts in _run_tasks(tasks, num_proc, state):
+    with progress_bar(len(rows), "Evaluating", quiet) as bar:
+        for chunk_scores, chunk_counts in run_tasks(_score_task, tasks, num_proc, state):
             scores.append(chunk_scores)
             counts.append(chunk_counts)
             bar.update(len(chunk_scores))
@@ -282,25 +251,6 @@ def score_rows(files, rows, prediction, radius=detection.RADIUS, num_proc=1, qui
 # ---------------------------------------------------------------------------------------------
 # The command.
 # ---------------------------------------------------------------------------------------------
-
-
-def split_names(config):
-    if config.split_by_fold:
-        return [f"fold{fold}" for fold in config.folds]
-    return list(pim.SPLITS)
-
-
-def folds_needed(config, split):
-    """The folds whose files a split needs: with --config folds only its own, so one downloaded fold will do."""
-    return (int(split[len("fold") :]),) if config.split_by_fold else config.folds
-
-
-def split_rows(config, tissues, split, seed, ratios):
-    """The split's (fold, index) rows in (fold, index) order, as the builder makes them."""
-    if config.split_by_fold:
-        (fold,) = tissues
-        return [(fold, index) for index in range(len(tissues[fold]))]
-    return pim.assign_splits(tissues, seed, ratios)[split]
 
 
 def _json_value(value):
@@ -388,7 +338,7 @@ def report_lines(result):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} evaluate", description=__doc__, formatter_class=HelpFormatter)
+    parser = command_parser("evaluate", __doc__)
     parser.add_argument(
         "--pred",
         help="predictions of the split, as a framework writes them (see --pred-format): e.g. a masks.npy of "
@@ -432,15 +382,11 @@ def _get_parser():
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
-    add_source_arguments(parser)
-    # The shared help says a missing source means a download; scoring needs the folds on disk.
-    parser._option_string_actions["--data-dir"].help = "folder with the unpacked PanNuke folds (this or --sample)"
+    add_source_arguments(parser, download=False, work="scoring")  # scoring reads the folds on disk
     # No default in the parser: --protocol implies folds, anything else part1.
-    parser._option_string_actions[
-        "--config"
-    ].help = "which folds and which splits (default: part1; with --protocol, folds)"
+    config = parser._option_string_actions["--config"]
+    config.help = "which folds and which splits (default: part1; folds with --protocol)"
     parser.set_defaults(config=None)
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
@@ -467,12 +413,12 @@ def _check_args(parser, args):
             parser.error(f"--protocol scores the folds of --config folds, not --config {args.config}")
         args.config = "folds"
         args.protocol = _protocol_paths(parser, args.protocol)
-        return next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
+        return config_named(args.config)
     if not args.pred:
         parser.error("one of --pred or --protocol is required")
     args.config = args.config or "part1"
-    config = next(c for c in pim.PanNukeImageMask.BUILDER_CONFIGS if c.name == args.config)
-    valid = split_names(config)
+    config = config_named(args.config)
+    valid = pim.split_names(config)
     if args.split is None and config.split_by_fold:
         parser.error(f"--config {args.config} needs --split; valid: {', '.join(valid)}")
     split = SPLIT_ALIASES.get(args.split, args.split) if args.split else "test"
@@ -489,20 +435,14 @@ def _check_output(path, option):
 
 def open_split(args, config, split, pred):
     """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
-    if args.sample:
-        data_dir = sample_dir(config.folds, args.cache_dir)
-        logger.warning("using the built-in sample: FAKE patches, not PanNuke data")
-    else:
-        data_dir = os.path.abspath(args.data_dir)
-        if not os.path.isdir(data_dir):
-            raise FileNotFoundError(f"{data_dir}: no such folder (--data-dir)")
+    folds = pim.split_folds(config, split)
+    data_dir = resolve_source(args, folds, required=True)
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
-    folds = folds_needed(config, split)
     files = pim.find_folds([data_dir], folds)
     tissues = {fold: pim.check_fold(files[fold]) for fold in folds}
-    rows = split_rows(config, tissues, split, args.split_seed, ratios)
+    rows = pim.split_members(config, tissues, args.split_seed, ratios)[split]
     if not rows:
         raise ValueError(f"split {split} has no patches with these split ratios {list(ratios)}")
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
@@ -579,7 +519,7 @@ def protocol_summary(results):
 
 def protocol_lines(summary, results):
     """The protocol's table: each number of each split, their mean and std."""
-    labels = [f"split{k}" for k in results]
+    labels = list(results)
     tests = ", ".join(f"{label} on {result['split']}" for label, result in zip(labels, results.values()))
     lines = [
         f"protocol of config folds: {tests}",
@@ -630,8 +570,6 @@ def run_protocol(args, config):
 
 
 def evaluate(args, config):
-    if args.num_proc < 1:
-        raise ValueError(f"--num-proc must be at least 1, got {args.num_proc}")
     if not (math.isfinite(args.f1_radius) and args.f1_radius >= 0):
         raise ValueError(f"--f1-radius must be a non-negative number of pixels, got {args.f1_radius:g}")
     _check_output(args.json, "--json")

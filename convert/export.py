@@ -11,45 +11,32 @@ DIR and renamed into place only when complete.
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from datetime import datetime, timezone
 
 import datasets
 import numpy as np
-from tqdm import tqdm
 
 import pannuke_imagemask as pim
 
 from . import __version__
 from .common import (
-    HelpFormatter,
     add_source_arguments,
     build_from_args,
     check_free_space,
+    command_parser,
     disk_bytes,
+    progress_bar,
     refuse_non_empty,
     run_cli,
     staging_dir,
 )
 from .formats import FORMAT_NAMES, NATIVE_SIZE, get_format, summary_row, undecoded
-from .formats.imagemask import (  # noqa: F401  (re-exported: the names of 1.0, used by benchmarks)
-    IMAGE_FORMATS,
-    JPEG_QUALITY,
-    MASK_STYLES,
-    METADATA_COLUMNS,
-    export_patch,
-    metadata_row,
-    read_metadata,
-    relative_paths,
-    render_mask,
-    resize_image,
-    split_dir,
-)
+from .formats.imagemask import IMAGE_FORMATS, JPEG_QUALITY, MASK_STYLES, split_dir
+from .pool import WORKER, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +48,11 @@ FORMAT_OPTIONS = {"size": (NATIVE_SIZE, "--size"), "mask_style": ("color", "--ma
                   "image_format": ("png", "--image-format")}  # fmt: skip
 
 
-# Worker state, set once per process by _init_worker (the Dataset pickles as a path to its Arrow files).
-_WORKER = {}
-
-
-def _init_worker(state):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must end workers quietly
-    _WORKER.update(state)
-
-
 def _export_task(task):
     """(summary row, format record) of each patch of one task, in order."""
     split, start, stop = task
-    fmt, options, root = get_format(_WORKER["format"]), _WORKER["options"], _WORKER["root"]
-    rows = _WORKER["dataset_dict"][split][start:stop]
+    fmt, options, root = get_format(WORKER["format"]), WORKER["options"], WORKER["root"]
+    rows = WORKER["dataset_dict"][split][start:stop]
     results = []
     for k in range(stop - start):
         row = {name: rows[name][k] for name in rows}
@@ -84,18 +61,7 @@ def _export_task(task):
     return results
 
 
-def _run_tasks(tasks, num_proc, state):
-    """Each task's results, in task order, from this process or a pool of num_proc workers."""
-    if num_proc <= 1:
-        _WORKER.update(state)
-        yield from map(_export_task, tasks)
-        return
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    with context.Pool(num_proc, _init_worker, (state,)) as pool:
-        yield from pool.imap(_export_task, tasks)
-
-
-def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask", out=None):
+def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask", out=None, quiet=False):
     """Write every split in a format under root; return the summary rows in split, (fold, index) order."""
     fmt = get_format(format_name)
     dataset_dict = datasets.DatasetDict({split: undecoded(ds) for split, ds in dataset_dict.items()})
@@ -105,10 +71,8 @@ def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask",
         tasks += [(split, s, min(s + TASK_PATCHES, dataset.num_rows)) for s in range(0, dataset.num_rows, TASK_PATCHES)]
     state = {"dataset_dict": dataset_dict, "options": options, "root": root, "format": format_name}
     summaries, records = [], {split: [] for split in dataset_dict}
-    with tqdm(
-        total=sum(ds.num_rows for ds in dataset_dict.values()), unit="patch", desc="Exporting", disable=None
-    ) as bar:
-        for (split, start, stop), chunk in zip(tasks, _run_tasks(tasks, num_proc, state)):
+    with progress_bar(sum(ds.num_rows for ds in dataset_dict.values()), "Exporting", quiet) as bar:
+        for (split, start, stop), chunk in zip(tasks, run_tasks(_export_task, tasks, num_proc, state)):
             summaries += [summary for summary, _ in chunk]
             records[split] += [record for _, record in chunk]
             bar.update(stop - start)
@@ -196,11 +160,7 @@ def replace_tree(tmp, out):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(
-        prog="pannuke-imagemask export",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("export", __doc__)
     parser.add_argument("--out", required=True, help="the folder to write (refused if non-empty, unless --force)")
     parser.add_argument("--format", choices=FORMAT_NAMES, default="imagemask", help="what to write")
     add_source_arguments(parser)
@@ -250,7 +210,9 @@ def export(args):
     options["size"] = options["size"] or NATIVE_SIZE
     check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
-        records = write_tree(dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out)
+        records = write_tree(
+            dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out, quiet=args.quiet
+        )
         manifest = {
             "tool": "pannuke-imagemask",
             "version": __version__,

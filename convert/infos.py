@@ -5,7 +5,6 @@ Split sizes come from the builder's own split function applied to the official p
 with the split your copy of the data gives, reading only types.npy.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from datasets.utils.py_utils import asdict
 
 import pannuke_imagemask as pim
 
-from .common import CONFIGS, PROG, HelpFormatter, run_cli
+from .common import CONFIGS, add_quiet_argument, command_parser, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +52,7 @@ def official_tissues(fold):
 
 def split_sizes_for(config, tissues_by_fold):
     """{split: patches} a config gives for these tissue lists with the default split, by the builder's function."""
-    if config.split_by_fold:
-        return {f"fold{fold}": len(tissues_by_fold[fold]) for fold in config.folds}
-    members = pim.assign_splits({fold: tissues_by_fold[fold] for fold in config.folds})
-    return {split: len(items) for split, items in members.items() if items}
+    return {split: len(items) for split, items in pim.split_members(config, tissues_by_fold).items() if items}
 
 
 def legacy_features(value):
@@ -128,11 +124,11 @@ def check_data_dir(data_dir, path):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} infos", description=__doc__, formatter_class=HelpFormatter)
+    parser = command_parser("infos", __doc__)
     parser.add_argument("--out", default=DEFAULT_PATH, help="where to write (default: dataset_infos.json of the repo)")
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
     parser.add_argument("--check-data-dir", metavar="DIR", help="compare the split sizes of your folds with --out")
-    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_quiet_argument(parser)
     return parser
 
 

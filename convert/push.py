@@ -27,11 +27,10 @@ import pannuke_imagemask as pim
 from . import __version__
 from .common import (
     CONFIGS,
-    PROG,
-    HelpFormatter,
     add_source_arguments,
     build_from_args,
     check_free_space,
+    command_parser,
     disk_bytes,
     refuse_non_empty,
     run_cli,
@@ -304,9 +303,7 @@ def _with_config(args, config):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} push", description=__doc__, formatter_class=HelpFormatter
-    )
+    parser = command_parser("push", __doc__)
     parser.add_argument(
         "--repo-id",
         help=f"OWNER/NAME of the dataset repository; required to push, optional with --local-dir (the card then "

@@ -5,17 +5,14 @@ arrays must match exactly; JPEG images within a mean absolute difference of 4 le
 channel value. Prints each difference with its file name; exit 0 when all match, 1 otherwise.
 """
 
-import argparse
 import json
 import logging
 import os
 import sys
 from types import SimpleNamespace
 
-from tqdm import tqdm
-
-from .common import PROG, HelpFormatter, build_from_args, run_cli, source_of
-from .formats import compare_jpeg, compare_png, get_format, list_files  # noqa: F401  (the names of 1.0)
+from .common import add_quiet_argument, build_from_args, command_parser, progress_bar, run_cli, source_of
+from .formats import get_format
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +23,7 @@ def _release(version):
     return tuple(int(part) for part in version.split(".")[:3])
 
 
-def verify_tree(root, dataset_dict, manifest):
+def verify_tree(root, dataset_dict, manifest, quiet=False):
     """All differences between the tree at root and the builder's dataset, as 'file: what' lines."""
     fmt = get_format(manifest.get("format", "imagemask"))  # 1.0 wrote no format: its trees are imagemask
     written = manifest.get("version", "1.0.0")
@@ -34,7 +31,7 @@ def verify_tree(root, dataset_dict, manifest):
         # Every file would differ; one line says why instead of thousands.
         return [f"export.json: written by {written}; {fmt.name} files changed in {fmt.changed_in}: export again"]
     total = sum(ds.num_rows for ds in dataset_dict.values())
-    with tqdm(total=total, unit="patch", desc="Verifying", disable=None) as bar:
+    with progress_bar(total, "Verifying", quiet) as bar:
         problems = fmt.verify(root, dataset_dict, manifest, progress=bar.update)
     recorded = manifest.get("splits", {})
     actual_splits = {fmt.split_dir(s): ds.num_rows for s, ds in dataset_dict.items()}
@@ -44,14 +41,14 @@ def verify_tree(root, dataset_dict, manifest):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(prog=f"{PROG} verify", description=__doc__, formatter_class=HelpFormatter)
+    parser = command_parser("verify", __doc__)
     parser.add_argument("dir", help="an exported tree (holds export.json)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-dir", help="the PanNuke folds to compare with (default: as recorded in export.json)")
     source.add_argument("--sample", action="store_true", help="compare with the built-in FAKE sample")
     parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
     parser.add_argument("--num-proc", type=int, default=1, help="processes for building the source, if not cached")
-    parser.add_argument("--quiet", action="store_true", help="print differences and the summary only")
+    add_quiet_argument(parser)
     return parser
 
 
@@ -77,7 +74,7 @@ def verify(args):
         **source,
     )
     dataset_dict, _ = build_from_args(options)
-    problems = verify_tree(args.dir, dataset_dict, manifest)
+    problems = verify_tree(args.dir, dataset_dict, manifest, args.quiet)
     for problem in problems:
         print(problem)
     checked = sum(ds.num_rows for ds in dataset_dict.values())

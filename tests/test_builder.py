@@ -81,6 +81,24 @@ def test_split_of_real_folds_equals_reference(seed, ratios):
         assert len(everything) == len(set(everything)) == sum(len(t) for t in subset.values())
 
 
+def test_split_members_is_the_one_rule_for_every_config():
+    configs = {c.name: c for c in pim.PanNukeImageMask.BUILDER_CONFIGS}
+    tissues = {1: real_types(1), 2: real_types(2), 3: real_types(3)}
+    assert pim.split_members(configs["part1"], tissues, 7, (0.7, 0.2, 0.1)) == pim.assign_splits(
+        {1: tissues[1]}, 7, (0.7, 0.2, 0.1)
+    )
+    assert pim.split_members(configs["all"], tissues) == pim.assign_splits(tissues)
+    folds = pim.split_members(configs["folds"], tissues, 7, (1, 0, 0))  # seed and ratios do not apply
+    assert {name: len(items) for name, items in folds.items()} == {"fold1": 2656, "fold2": 2523, "fold3": 2722}
+    assert folds["fold2"] == [(2, index) for index in range(2523)]
+    # With the folds as splits, one fold's tissues are enough for its split.
+    assert pim.split_members(configs["folds"], {3: tissues[3]}) == {"fold3": folds["fold3"]}
+    assert pim.split_names(configs["folds"]) == ["fold1", "fold2", "fold3"]
+    assert pim.split_names(configs["all"]) == ["train", "validation", "test"]
+    assert pim.split_folds(configs["folds"], "fold2") == (2,)
+    assert pim.split_folds(configs["all"], "test") == (1, 2, 3)
+
+
 def test_split_seed_changes_membership_but_not_sizes():
     tissues = {1: real_types(1)}
     a, b = pim.assign_splits(tissues, 0), pim.assign_splits(tissues, 7)

@@ -55,6 +55,67 @@ def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
     assert shown == expected
 
 
+def test_every_command_has_version_and_quiet_and_says_what_its_processes_do(capsys, monkeypatch):
+    from convert import __version__
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--version"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out == f"pannuke-imagemask {__version__}\n"
+        helps = _option_helps(command, capsys, monkeypatch)
+        assert helps["--quiet"] == "--quiet log warnings and errors only, no progress bars", command
+    work = {"export": "building and writing", "push": "building and writing", "evaluate": "scoring"}
+    for command, what in work.items():
+        assert _option_helps(command, capsys, monkeypatch)["--num-proc"].startswith(
+            f"--num-proc NUM_PROC processes for {what}"
+        )
+    assert _option_helps("evaluate", capsys, monkeypatch)["--data-dir"].endswith("this or --sample")
+    assert _option_helps("export", capsys, monkeypatch)["--data-dir"].endswith("the official zips are downloaded")
+
+
+def _on_a_terminal(args, cwd):
+    """stderr of `python -m convert ARGS` written to a pseudo-terminal, where tqdm draws its bars."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main_fd, child_fd = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, where tqdm draws nothing: give it a size.
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "convert", *args], cwd=cwd, stderr=child_fd, stdout=child_fd)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert process.wait() == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_quiet_means_no_progress_bar_even_on_a_terminal(kaggle_part1, tmp_path):
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cache = str(tmp_path / "cache")
+    source = ["--data-dir", kaggle_part1, "--cache-dir", cache]
+    loud = _on_a_terminal(["export", "--out", str(tmp_path / "a"), *source], repo)
+    assert "Exporting" in loud
+    quiet = _on_a_terminal(["export", "--out", str(tmp_path / "b"), *source, "--quiet"], repo)
+    quiet += _on_a_terminal(["verify", str(tmp_path / "b"), "--cache-dir", cache, "--quiet"], repo)
+    assert "Exporting" not in quiet and "Verifying" not in quiet and "%|" not in quiet, quiet
+
+
 # Digest of the first patches of fold 1 and of its tissue list. When it changes, the sample's files change:
 # bump SAMPLE_VERSION (so that caches holding the old sample are not reused), then update both here.
 SAMPLE_DIGEST = (2, "bcd1cbd77213474acdb06c8ca2576da28ee1e8cff9ff33650d079a1fd78fbb6c")
