@@ -10,6 +10,7 @@ import pytest
 import scipy.io
 from conftest import PART1_PATCHES, raw_fold
 from PIL import Image
+from prediction_reference import components, expected, reference_combination
 from pycocotools import mask as mask_utils
 from reference import reference_labels
 
@@ -27,19 +28,6 @@ def fold(kaggle_part1):
     """Per patch: the raw (H, W, 6) mask and the builder's (semantic, instance, nuclei), from the reference."""
     _, masks, _ = raw_fold(kaggle_part1)
     return [(np.asarray(masks[i]), *reference_labels(np.asarray(masks[i]))) for i in range(PART1_PATCHES)]
-
-
-def expected(instance, types):
-    """(channels, centroids, types) of an instance map numbered 1..n, nucleus k of types[k - 1] (0: no channel),
-    written out pixel by pixel."""
-    channels = np.zeros((*instance.shape, 5), dtype=np.int64)
-    centroids = []
-    for number, kind in enumerate(types, 1):
-        ys, xs = np.nonzero(instance == number)
-        if kind:
-            channels[ys, xs, kind - 1] = number
-        centroids.append([xs.mean(), ys.mean()])
-    return channels, np.array(centroids, dtype=np.float64).reshape(-1, 2), np.array(types, dtype=np.int64)
 
 
 def ranks(instance):
@@ -159,23 +147,6 @@ def test_combination_max_overlap_1_keeps_partial_overlaps_and_drops_an_instance_
     np.testing.assert_array_equal(got.types, [1, 3])
     empty = (0, 0, np.zeros((0, 0), dtype=bool))
     np.testing.assert_array_equal(_combined([empty, a], [0.9, 0.8])[0], [1, 1, 1, 1, 0, 0, 0, 0])
-
-
-def reference_combination(masks, scores, types, min_score=0.5, max_overlap=0.5):
-    """The panoptic FPN rule in plain Python on full-size masks: (instance map 1..n, types of 1..n)."""
-    order = sorted(range(len(masks)), key=lambda k: -scores[k]) if scores is not None else range(len(masks))
-    taken = np.zeros(SIZE, dtype=np.int64)
-    kept = []
-    for k in order:
-        if scores is not None and scores[k] < min_score:
-            break
-        area = int(masks[k].sum())
-        overlap = int((masks[k] & (taken > 0)).sum())
-        if area == 0 or overlap / area > max_overlap or overlap == area:
-            continue
-        taken[masks[k] & (taken == 0)] = len(kept) + 1
-        kept.append(types[k])
-    return taken, kept
 
 
 def raw_nuclei(mask):
@@ -412,19 +383,6 @@ def test_cellpose_reads_masks_png_when_there_is_no_cp_masks(fold, tmp_path):
     prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
     instance = fold[0][2]
     assert_reads(prediction, 0, *expected(instance, [1] * int(instance.max()))[:2], [0] * int(instance.max()))
-
-
-def components(semantic):
-    """8-connected components of each class by OpenCV (another library than the reader's), numbered class by
-    class in raster order of their first pixel."""
-    instance, types = np.zeros(SIZE, dtype=np.int64), []
-    for kind in range(1, 6):
-        count, labels = cv2.connectedComponents((semantic == kind).astype(np.uint8), connectivity=8)
-        firsts = sorted((int(np.flatnonzero(labels.ravel() == k)[0]), k) for k in range(1, count))
-        for _, k in firsts:
-            types.append(kind)
-            instance[labels == k] = len(types)
-    return instance, types
 
 
 def test_semantic_pngs_become_8_connected_components_per_class(fold, tmp_path):
