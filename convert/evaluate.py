@@ -53,15 +53,15 @@ def _nuclei(channels, count):
     order, and inside a channel the order of the old ids. A map without background is like any other.
     Positions are pixel * count + channel.
     """
-    flat = channels.reshape(-1)  # whole contiguous patches: strided channel views are ten times slower
-    position = np.flatnonzero(flat != 0)
-    pixel, channel = np.divmod(position, channels.shape[-1])
-    if count < channels.shape[-1]:
-        used = channel < count
-        position, pixel, channel = position[used], pixel[used], channel[used]
-    keys, number = np.unique(channel * KEY_SPAN + flat[position], return_inverse=True)
+    width = channels.shape[-1]
+    # Only the channels read are compared: PanNuke's channel 5 (background) is non-zero almost everywhere,
+    # and splitting its positions into pixel and channel would cost more than the comparison saves.
+    position = np.flatnonzero((channels[..., :count] if count < width else channels) != 0)
+    pixel, channel = np.divmod(position, count)
+    values = channels.reshape(-1)[pixel * width + channel if count < width else position]
+    keys, number = np.unique(channel * KEY_SPAN + values, return_inverse=True)
     per_channel = np.bincount(keys // KEY_SPAN, minlength=count)
-    return pixel * count + channel, number.ravel() + 1, per_channel
+    return position, number.ravel() + 1, per_channel
 
 
 def _on_top(position, number, channels):
@@ -108,9 +108,10 @@ def _quality(n_true, n_pred, iou):
 
 
 def _qualities(true, pred, count):
-    """([PQ of each class channel 0..count-1], binary PQ, truth's binary map) of (H, W, >=count) channels.
+    """([PQ of each class channel 0..count-1], binary PQ, binary maps) of (H, W, >=count) channels.
 
-    The truth's binary map is (pixels, their nucleus numbers, nuclei per channel), as truth_points reads it.
+    The binary maps of truth and prediction are each (pixels, their nucleus numbers, nuclei per channel), as
+    binary_points reads them.
     """
     size = true.shape[0] * true.shape[1] * count
     true_position, true_number, true_count = _nuclei(true, count)
@@ -126,14 +127,15 @@ def _qualities(true, pred, count):
     # Covered nuclei leave gaps in the numbers (the official script's IndexError): count those still seen.
     seen_true = np.count_nonzero(np.bincount(true_top)[1:])
     seen_pred = np.count_nonzero(np.bincount(pred_top)[1:])
-    return class_pq, _quality(seen_true, seen_pred, binary_iou), (true_pixel, true_top, true_count)
+    binary = (true_pixel, true_top, true_count), (pred_pixel, pred_top, pred_count)
+    return class_pq, _quality(seen_true, seen_pred, binary_iou), binary
 
 
-def truth_points(pixel, number, per_channel, width):
-    """(x, y) and type (channel + 1) of each nucleus of a binary map, in number order: the F1's true nuclei.
+def binary_points(pixel, number, per_channel, width):
+    """(x, y) and type (channel + 1) of each nucleus of a binary map, in number order: the F1's nuclei.
 
-    These are the nuclei of the builder's instance_mask (the later channel wins, a nucleus wholly covered
-    is gone), each at the mean (x, y) of its pixels there.
+    For the truth these are the nuclei of the builder's instance_mask (the later channel wins, a nucleus
+    wholly covered is gone), each at the mean (x, y) of its pixels there.
     """
     n = int(per_channel.sum())
     area = np.bincount(number, minlength=n + 1)
@@ -164,11 +166,15 @@ def score_patch(true, prediction, radius=detection.RADIUS, classified=True):
 
     Without classes (classified False) the class PQs and mPQ are NaN: not available.
     """
-    class_pq, binary_pq, binary = _qualities(true, prediction.channels, pim.NUM_CLASS_CHANNELS)
+    class_pq, binary_pq, (true_binary, pred_binary) = _qualities(true, prediction.channels, pim.NUM_CLASS_CHANNELS)
     if not classified:
         class_pq = [math.nan] * len(class_pq)
-    true_xy, true_types = truth_points(*binary, true.shape[1])
-    counts = detection.pair_counts(true_xy, true_types, prediction.centroids, prediction.types, radius)
+    true_xy, true_types = binary_points(*true_binary, true.shape[1])
+    if prediction.centroids is None:  # the nuclei of the channels' binary map: made here with it, not twice
+        pred_xy, pred_types = binary_points(*pred_binary, true.shape[1])
+    else:
+        pred_xy, pred_types = prediction.centroids, prediction.types
+    counts = detection.pair_counts(true_xy, true_types, pred_xy, pred_types, radius)
     return np.array([*class_pq, nanmean(class_pq), binary_pq]), counts
 
 

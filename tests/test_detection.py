@@ -166,7 +166,7 @@ def test_true_nuclei_are_the_builders_instance_mask_at_the_mean_of_their_pixels(
         _, masks, _ = raw_fold(root, fold, layout)
         for index in range(len(masks)):
             ids = pim.mask_to_ids(np.asarray(masks[index]))
-            points, types = ev.truth_points(*ev._qualities(ids, ids, 5)[2], ids.shape[1])
+            points, types = ev.binary_points(*ev._qualities(ids, ids, 5)[2][0], ids.shape[1])
             expected_points, expected_types = f1_oracle.truth_nuclei(masks[index])
             np.testing.assert_array_equal(types, expected_types)
             np.testing.assert_array_equal(points, expected_points)
@@ -190,3 +190,17 @@ def test_score_patch_pairs_the_truth_with_the_predicted_points(three_folds):
     assert result["detection"]["type_accuracy"] == expected["type_accuracy"] < 1
     for name, t in CLASS.items():
         assert same(result["f1_per_class"][name], expected["f1_per_type"][t])
+
+
+def test_a_prediction_without_points_is_scored_on_its_channels_binary_map(three_folds):
+    _, masks, _ = raw_fold(three_folds, 1, "kaggle")
+    patches, ours = [], []
+    for index in range(len(masks)):
+        ids = pim.mask_to_ids(np.asarray(masks[index]))
+        pred = np.roll(ids, (index % 5, 3), axis=(0, 1)).astype(np.int64)
+        pred[..., 2][pred[..., 0] != 0] = 9  # nuclei covered by a later channel, wholly or partly
+        ours.append(ev.score_patch(ids, PatchPrediction(pred, None, None), 12)[1])
+        patches.append((*f1_oracle.truth_nuclei(masks[index]), *f1_oracle.binary_nuclei(pred)))
+    np.testing.assert_array_equal(np.sum(ours, axis=0), np.sum([detection.pair_counts(*p) for p in patches], axis=0))
+    expected = f1_oracle.type_stats(patches)
+    assert detection.summarize(ours)["detection"]["f1"] == expected["f1"] < 1
