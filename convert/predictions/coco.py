@@ -120,9 +120,7 @@ def open_layout(path, patches, size, *, min_score, max_overlap, **options):
         with open(path, "rb") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise PredictionError(
-            f"{path}: not complete JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
+        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
     except UnicodeDecodeError:
         raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
     if isinstance(data, dict):
