@@ -1,8 +1,9 @@
-"""Score nucleus predictions on a split with PanNuke's mPQ and bPQ, the numbers every PanNuke paper reports.
+"""Score nucleus predictions on a split, or the three-split protocol, with the numbers PanNuke papers report.
 
-The metric is the official evaluation script's, computed one patch at a time from the raw folds, with
+mPQ and bPQ are the official evaluation script's, computed one patch at a time from the raw folds, with
 pairwise IoU from one joint histogram per map, and defined where the official script crashes (a nucleus
-wholly covered by a later channel, a map without background).
+wholly covered by a later channel, a map without background). Detection and classification F1 are
+HoVer-Net's compute_stats.py's (convert/detection.py), from the same patches.
 """
 
 import csv
@@ -376,8 +377,8 @@ def _get_parser():
         "--f1-radius",
         type=float,
         default=detection.RADIUS,
-        help="detection F1: pixels within which a paired true and predicted centroid count as one nucleus "
-        "(12 for PanNuke's 40x, as HoVer-Net; 6 at 20x, as CellViT)",
+        help="detection F1: after the optimal assignment of predicted to true centroids, pairs farther apart "
+        "than this many pixels are dropped (12 for PanNuke's 40x, as HoVer-Net; 6 at 20x, as CellViT)",
     )
     parser.add_argument(
         "--min-score",
