@@ -22,6 +22,9 @@ _spec.loader.exec_module(_fixtures)
 _quiet_hf = _fixtures._quiet_hf
 kaggle_part1 = _fixtures.kaggle_part1
 three_folds = _fixtures.three_folds
+hub_cache = _fixtures.hub_cache
+local_repo = _fixtures.local_repo
+HUB_REPO_ID = _fixtures.HUB_REPO_ID
 PART1_PATCHES = _fixtures.PART1_PATCHES
 THREE_FOLD_PATCHES = _fixtures.THREE_FOLD_PATCHES
 raw_fold = _fixtures.raw_fold

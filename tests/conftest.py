@@ -44,6 +44,26 @@ def three_folds(tmp_path_factory):
     return str(root)
 
 
+HUB_REPO_ID = "pathology-lab/pannuke-imagemask"  # the id local_repo's card names
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """The datasets cache local_repo was built in: a test that builds part1 of kaggle_part1 again reuses it."""
+    return str(tmp_path_factory.mktemp("hf-cache-hub"))
+
+
+@pytest.fixture(scope="session")
+def local_repo(tmp_path_factory, kaggle_part1, hub_cache):
+    """`push --local-dir` of kaggle_part1's part1: the Hub repository folder, card and all (read-only)."""
+    from convert.__main__ import main
+
+    out = tmp_path_factory.mktemp("hub") / "repo"
+    argv = ["push", "--repo-id", HUB_REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out)]
+    assert main([*argv, "--cache-dir", hub_cache, "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture
 def writable_fold(tmp_path, kaggle_part1):
     """A private copy of the Kaggle fold, for tests that corrupt it."""

@@ -9,22 +9,11 @@ from blocks import ROOT, doc_files, export_named_trees, needs_consumer_tier, pyt
 
 from convert.__main__ import main
 
-REPO_ID = "pathology-lab/pannuke-imagemask"
-
 # Blocks that import a training framework, per file: counted here, run by the consumer tier. A new one must be
 # added here (and to consumer_tests/), so that none is skipped silently.
 # docs/formats.md: the torchvision recipe (consumer_tests/test_torchvision.py); docs/evaluate.md: the Ultralytics
 # and Mask R-CNN prediction recipes (consumer_tests/test_predictions.py).
 CONSUMER_BLOCKS = {"docs/formats.md": 1, "docs/evaluate.md": 2}
-
-
-@pytest.fixture(scope="module")
-def local_repo(tmp_path_factory, kaggle_part1):
-    out = tmp_path_factory.mktemp("docs-hub") / "repo"
-    cache = str(tmp_path_factory.mktemp("docs-cache"))
-    args = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
-    assert main([*args, "--quiet"]) == 0
-    return out
 
 
 def _read(name):
@@ -49,10 +38,17 @@ def test_every_lean_python_block_runs(name, local_repo, kaggle_part1, three_fold
     run_blocks(lean, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)
 
 
-def test_the_readme_shows_loading_and_building():
+def test_the_readme_shows_loading_building_and_the_imagefolder_line():
     blocks = python_blocks(_read("README.md"))
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert 'load_dataset("OWNER/NAME", "part1")' in blocks[0] and "build(" in blocks[1]
+    assert 'load_dataset("imagefolder", data_dir="pannuke-imagemask")' in blocks[2]
+
+
+def test_docs_formats_shows_the_imagefolder_line():
+    text = _read("docs/formats.md")
+    block = python_blocks(text[text.index("## `imagemask`") : text.index("## `coco`")])[0]
+    assert 'ds = load_dataset("imagefolder", data_dir="pannuke-imagemask")' in block
 
 
 def test_needs_consumer_tier_reads_imports_only():

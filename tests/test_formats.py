@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import namedtuple
 
@@ -57,6 +58,14 @@ def reference(kaggle_part1):
         index: (reference_image(images[index]), *reference_labels(np.asarray(masks[index])), tissues[index])
         for index in range(PART1_PATCHES)
     }
+
+
+def test_coco_contributors_are_spelled_as_in_the_citation(exports):
+    authors = re.findall(r"author\s*=\s*\{(.*?)\},", pim._CITATION, re.DOTALL)
+    surnames = {name.split(",")[0].strip() for field in authors for name in re.split(r"\s+and\s+", field)}
+    info = json.loads((exports / "coco" / "annotations" / "instances_train.json").read_text())["info"]
+    assert info["contributor"] == "Gamper, Koohbanani, Benet, Graham, Jahanifar, Khurram, Azam, Hewitt, Rajpoot"
+    assert set(info["contributor"].split(", ")) <= surnames
 
 
 def test_coco_files_load_and_every_annotation_is_its_nucleus(exports, reference):
@@ -355,15 +364,16 @@ def test_too_little_free_space_is_refused_before_writing(previous_tree, kaggle_p
     out, before = previous_tree
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
-    assert _export(out, kaggle_part1, cache, "--mask-style", "semantic", "--force") == 1
-    # Every file's size is known: the builder's image and semantic PNGs, each in whole 4 KB blocks,
-    # plus metadata.csv (under 200 bytes a row) and 8 MB for the reports.
+    assert _export(out, kaggle_part1, cache, "--mask-style", "instance", "--force") == 1
+    # Every file's size is known: the builder's image and instance PNGs (copied as they are), each in
+    # whole 4 KB blocks, plus each split's metadata.jsonl (under 400 bytes a row) and 8 MB for the reports.
     dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
     blocks = 0
     for dataset in dataset_dict.values():
         for row in imagemask.undecoded(dataset):
-            blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "semantic_mask"))
-    needed = blocks * 4096 + 4096 * -(-200 * (PART1_PATCHES + 1) // 4096) + (8 << 20)
+            blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "instance_mask"))
+        blocks += -(-400 * dataset.num_rows // 4096)
+    needed = blocks * 4096 + (8 << 20)
     assert capsys.readouterr().err == (
         f"pannuke-imagemask export: error: {out}: not enough free space: needs about {needed / 1e6:.1f} MB, "
         "5.0 KB available; with --force the old tree stays until the new one is complete, so there must be "

@@ -1,7 +1,16 @@
-"""imagemask: DIR/{split}/{images,masks}/<id>.<ext> plus metadata.csv (the tree of 1.0, unchanged)."""
+"""imagemask: DIR/{split}/{images,masks}/<id>.<ext> and DIR/{split}/metadata.jsonl.
 
-import csv
+The tree that `datasets.load_dataset("imagefolder", data_dir=DIR)` reads as it stands (datasets 3.6 to 5):
+its split folders are split names it knows (`valid` is validation), and each split's metadata.jsonl names
+the two files of a row in `image_file_name` and `mask_file_name` (relative to that folder), which it
+turns into the Image columns `image` and `mask`. A root-level table would not be read (imagefolder takes
+a split's metadata from inside the split's files only), so the per-split files are the one place the
+rows live. JSON lines, not CSV: datasets 3.6 with pandas 3 reads a CSV's strings as large_string and
+then refuses `*_file_name` columns.
+"""
+
 import io
+import json
 import os
 
 import numpy as np
@@ -26,12 +35,14 @@ from . import (
 MASK_STYLES = ("color", "semantic", "binary", "instance")
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
+METADATA_LINE_BOUND = 400  # bytes of a metadata.jsonl line: about 260 with the longest tissue and counts
 COLORS = pim.CLASS_COLORS  # RGB as it appears on screen, index = semantic class
 
+METADATA_FILE = "metadata.jsonl"  # one per split folder
 METADATA_COLUMNS = (
-    ["split", "id", "fold", "index", "tissue"]
+    ["image_file_name", "mask_file_name", "id", "fold", "index", "tissue"]
     + [f"n_{name}" for name in pim.NUCLEUS_CLASSES]
-    + ["n_nuclei", "image", "mask"]
+    + ["n_nuclei"]
 )
 
 
@@ -80,15 +91,19 @@ def image_file(row, image_format, size=NATIVE_SIZE):
 
 
 def export_patch(row, options):
-    """(image bytes, mask bytes) of one builder row (images not decoded), re-encoding only what changes."""
+    """(image bytes, mask bytes) of one builder row (images not decoded), re-encoding only what changes.
+
+    Every mask is a plain PNG (RGB, 8-bit or 16-bit greyscale): the semantic style too, so that OpenCV,
+    `convert("L")` and every other reader get the classes 0..5. The builder's own semantic_mask is a
+    palette PNG, whose indices only Pillow's np.asarray reads as classes, so it is decoded and re-encoded.
+    """
     size, style = options["size"], options["mask_style"]
     image_bytes = image_file(row, options["image_format"], size)
-    if size == NATIVE_SIZE and style in ("semantic", "instance"):
-        return image_bytes, row[f"{style}_mask"]["bytes"]
+    if size == NATIVE_SIZE and style == "instance":
+        return image_bytes, row["instance_mask"]["bytes"]
     semantic = np.array(Image.open(io.BytesIO(row["semantic_mask"]["bytes"])))
     instance = np.array(Image.open(io.BytesIO(row["instance_mask"]["bytes"]))) if style == "instance" else None
-    mask = resize_mask(render_mask(semantic, instance, style), size)
-    return image_bytes, pim.encode_semantic_png(mask) if style == "semantic" else pim.encode_png(mask)
+    return image_bytes, pim.encode_png(resize_mask(render_mask(semantic, instance, style), size))
 
 
 def image_size_bounds(dataset, image_format, size):
@@ -116,18 +131,39 @@ def relative_paths(split, patch_id, image_format):
     return (f"{folder}/images/{patch_id}.{image_format}", f"{folder}/masks/{patch_id}.png")
 
 
-def metadata_row(split, row, image_format):
-    return summary_row(ImageMask, split, row) + list(relative_paths(split, row["id"], image_format))
+def metadata_path(split):
+    return f"{split_dir(split)}/{METADATA_FILE}"
 
 
-def read_metadata(root):
-    with open(os.path.join(root, "metadata.csv"), newline="") as f:
-        return list(csv.reader(f))
+def metadata_line(split, row, image_format):
+    """The metadata.jsonl line of one patch: its files relative to the split folder, then what it holds."""
+    folder = split_dir(split) + "/"
+    files = [path.removeprefix(folder) for path in relative_paths(split, row["id"], image_format)]
+    values = files + summary_row(ImageMask, split, row)[1:]
+    return json.dumps(dict(zip(METADATA_COLUMNS, values))) + "\n"
+
+
+def metadata_problems(root, split, expected_lines):
+    """What differs between a split's metadata.jsonl and its expected lines (file present)."""
+    path = metadata_path(split)
+    with open(os.path.join(root, path), "rb") as f:
+        actual = f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+    if actual == expected_lines:
+        return []
+    actual_set, expected_set = set(actual), set(expected_lines)
+    problems = [f"{path}: row missing or changed: {line.rstrip()}" for line in expected_lines if line not in actual_set]
+    problems += [f"{path}: unexpected row: {line.rstrip()[:300]}" for line in actual if line not in expected_set]
+    if problems:
+        return problems
+    if len(actual) != len(expected_lines):
+        return [f"{path}: {len(actual)} rows, expected {len(expected_lines)} (a row is repeated)"]
+    return [f"{path}: rows not in the split's order"]
 
 
 class ImageMask(Format):
     name = "imagemask"
     takes = ("size", "mask_style", "image_format")
+    changed_in = "1.3.0"  # metadata.jsonl per split for imagefolder; semantic masks 8-bit greyscale, not palette
 
     def prepare(self, root, dataset_dict, options):
         for split in dataset_dict:
@@ -139,38 +175,36 @@ class ImageMask(Format):
         image_path, mask_path = relative_paths(split, row["id"], options["image_format"])
         write_bytes(os.path.join(root, image_path), image_bytes)
         write_bytes(os.path.join(root, mask_path), mask_bytes)
-        return metadata_row(split, row, options["image_format"])
+        return metadata_line(split, row, options["image_format"])
 
-    def finish(self, root, dataset_dict, options, out, records):
-        with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(METADATA_COLUMNS)
-            writer.writerows(r for split in records for r in records[split])
+    def finish_split(self, root, split, records, dataset, options):
+        write_bytes(os.path.join(root, metadata_path(split)), "".join(records).encode())
 
     def estimate(self, dataset_dict, options):
         size, style = options["size"], options["mask_style"]
         sizes = []
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], size)
-            if size == NATIVE_SIZE and style in ("semantic", "instance"):
-                sizes += png_lengths(dataset, f"{style}_mask")
+            if size == NATIVE_SIZE and style == "instance":
+                sizes += png_lengths(dataset, "instance_mask")
             else:
                 shape = {"color": (3, 1), "semantic": (1, 1), "binary": (1, 1), "instance": (1, 2)}[style]
                 sizes += [png_bound(size, size, *shape)] * dataset.num_rows
-        rows = sum(ds.num_rows for ds in dataset_dict.values())
-        return sizes + [200 * (rows + 1)]  # metadata.csv: under 200 bytes a row
+            sizes.append(METADATA_LINE_BOUND * dataset.num_rows)
+        return sizes
 
     def verify(self, root, dataset_dict, manifest, progress=None):
         options = {key: manifest[key] for key in ("mask_style", "image_format", "size")}
         expected_files = set()
         for split, dataset in dataset_dict.items():
+            expected_files.add(metadata_path(split))
             expected_files.update(p for i in dataset["id"] for p in relative_paths(split, i, options["image_format"]))
         actual_files = list_files(root)
         problems = self.file_problems(expected_files, actual_files)
-        expected_records = []
         for split, dataset in dataset_dict.items():
+            expected_lines = []
             for row in undecoded(dataset):
-                expected_records.append(metadata_row(split, row, options["image_format"]))
+                expected_lines.append(metadata_line(split, row, options["image_format"]))
                 _, mask_bytes = export_patch(row, options)
                 image_path, mask_path = relative_paths(split, row["id"], options["image_format"])
                 if image_path in actual_files:
@@ -183,22 +217,8 @@ class ImageMask(Format):
                         problems.append(f"{mask_path}: {problem}")
                 if progress:
                     progress(1)
-        return problems + self._metadata_problems(root, expected_records)
-
-    def _metadata_problems(self, root, expected_records):
-        problems = []
-        expected_rows = [METADATA_COLUMNS] + [[str(v) for v in r] for r in expected_records]
-        try:
-            actual_rows = read_metadata(root)
-        except OSError as exc:
-            return [f"metadata.csv: cannot be read ({exc.strerror})"]
-        if actual_rows[:1] != expected_rows[:1]:
-            return [f"metadata.csv: columns {actual_rows[:1]}, expected {expected_rows[0]}"]
-        actual_set, expected_set = {tuple(r) for r in actual_rows[1:]}, {tuple(r) for r in expected_rows[1:]}
-        for row in sorted(expected_set - actual_set):
-            problems.append(f"metadata.csv: row missing or changed: {','.join(row)}")
-        for row in sorted(actual_set - expected_set):
-            problems.append(f"metadata.csv: unexpected row: {','.join(row)}")
+            if metadata_path(split) in actual_files:
+                problems += metadata_problems(root, split, expected_lines)
         return problems
 
 
