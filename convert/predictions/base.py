@@ -61,12 +61,12 @@ def empty_prediction(size):
     )
 
 
-def pixel_means(numbers, count, width):
-    """(count, 2) mean (x, y) of the pixels of each number 1..count (each has some) in a flat (H * W) map."""
-    rows, cols = np.divmod(np.arange(numbers.size), width)
-    area = np.bincount(numbers, minlength=count + 1)[1:]
-    x = np.bincount(numbers, weights=cols, minlength=count + 1)[1:]
-    y = np.bincount(numbers, weights=rows, minlength=count + 1)[1:]
+def pixel_means(positions, numbers, count, width):
+    """(count, 2) mean (x, y) of the pixels of each number 0..count-1 (each has some), at flat positions."""
+    rows, cols = np.divmod(positions, width)
+    area = np.bincount(numbers, minlength=count)
+    x = np.bincount(numbers, weights=cols, minlength=count)
+    y = np.bincount(numbers, weights=rows, minlength=count)
     return np.stack([x / area, y / area], axis=1)
 
 
@@ -99,29 +99,32 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
         raise PredictionError(f"{where}: nucleus id {twice[0]} listed twice")
     flat = instance.ravel()
     nonzero = np.flatnonzero(flat)
-    place = np.minimum(np.searchsorted(sorted_ids, flat[nonzero]), max(len(ids) - 1, 0))
-    unknown = sorted_ids[place] != flat[nonzero] if len(ids) else np.ones(len(nonzero), dtype=bool)
-    if unknown.any():
-        raise PredictionError(f"{where}: instance {flat[nonzero][unknown][0]} of the map has no type")
+    values = flat[nonzero]
+    if len(ids) and sorted_ids[-1] == len(ids) and values.max(initial=0) <= len(ids):
+        place = values.astype(np.int64) - 1  # ids 1..n (no repeats, the smallest 1): each id is its place
+    else:
+        place = np.minimum(np.searchsorted(sorted_ids, values), max(len(ids) - 1, 0))
+        unknown = sorted_ids[place] != values if len(ids) else np.ones(len(nonzero), dtype=bool)
+        if unknown.any():
+            raise PredictionError(f"{where}: instance {values[unknown][0]} of the map has no type")
     # Numbers 1..n over the listed ids present in the map, in increasing id order, as evaluate renumbers.
     present = np.zeros(len(ids), dtype=bool)
     present[place] = True
     number_of = np.cumsum(present)  # the number of sorted id k, if present
-    numbers = np.zeros(flat.size, dtype=np.int64)
-    numbers[nonzero] = number_of[place]
+    numbers = number_of[place]  # of the nonzero pixels
     n = int(number_of[-1]) if len(ids) else 0
     number_type = np.zeros(n + 1, dtype=np.int64)
     number_type[number_of[present]] = types[order][present]
     channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
     pixel_type = number_type[numbers]
-    kept = np.nonzero(pixel_type)[0]
-    channels[kept, pixel_type[kept] - 1] = numbers[kept]
+    kept = pixel_type != 0
+    channels[nonzero[kept], pixel_type[kept] - 1] = numbers[kept]
     channels = channels.reshape(height, width, pim.NUM_CLASS_CHANNELS)
     if centroids is None:
         if n < len(ids):
             raise PredictionError(f"{where}: nucleus {sorted_ids[~present][0]} has no pixels in the instance map")
         points = np.empty((len(ids), 2))
-        points[order] = pixel_means(numbers, n, width)
+        points[order] = pixel_means(nonzero, numbers - 1, n, width)
     else:
         points = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
         if len(points) != len(ids):
@@ -206,8 +209,12 @@ def listing(folder):
 def class_agnostic(instance, where):
     """The PatchPrediction of an instance map without classes: every nucleus in channel 0, of type 0 (unknown)."""
     instance = check_ids(instance, where, "instance map")
-    ids = np.unique(instance)
-    ids = ids[ids != 0]
+    if instance.max(initial=0) < 1 << 20:  # cellpose's 16-bit ids: a histogram is faster than sorting
+        ids = np.flatnonzero(np.bincount(instance.ravel()))
+        ids = ids[ids != 0]
+    else:
+        ids = np.unique(instance)
+        ids = ids[ids != 0]
     prediction = from_instances(instance, ids, np.ones(len(ids), dtype=np.int64), where=where)
     return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
 

@@ -12,12 +12,13 @@ import math
 import os
 from numbers import Real
 
+import numpy as np
 from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 
 from .base import Prediction, PredictionError, empty_prediction
-from .combine import bounding_crop, combine
+from .combine import combine
 
 NAME = "coco"
 RLE_FIRST, RLE_LAST = 48, 111  # the characters of COCO's compressed counts ('0'..'o')
@@ -47,24 +48,45 @@ def rle_counts(counts):
     return None if shift else runs
 
 
-def decode_rle(segmentation, where):
-    """The (H, W) bool mask of a checked {size, counts}; one line naming where if its counts are not a mask."""
+def _rle(segmentation):
+    """pycocotools' RLE object of a checked {size, counts} (uncompressed counts compressed)."""
     height, width = segmentation["size"]
-    counts = segmentation["counts"]
-    if isinstance(counts, list):  # uncompressed RLE, checked when opened
-        return mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width)).astype(bool)
-    rle = {"size": [height, width], "counts": counts.encode("ascii", errors="replace")}
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return {"size": [height, width], "counts": segmentation["counts"].encode("ascii", errors="replace")}
+
+
+def check_counts(segmentation, where):
+    """Raise naming where unless the compressed counts are runs that cover the mask exactly."""
+    height, width = segmentation["size"]
+    if isinstance(segmentation["counts"], list):  # checked when opened
+        return
+    runs = rle_counts(segmentation["counts"])
+    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+        raise PredictionError(f"{where}: segmentation counts are not an RLE mask of {height}x{width}")
+
+
+def decode_pieces(segmentations, wheres):
+    """(top, left, bool crop) of each checked {size, counts}, decoded by pycocotools in one call.
+
+    pycocotools refuses runs past the end of a mask but fills one whose runs stop short with whatever was in
+    memory: a mask whose own encoding is not its counts was such a one, unless the counts were valid but not
+    minimal, which the slow parse tells apart.
+    """
+    rles = [_rle(segmentation) for segmentation in segmentations]
     try:
-        mask = mask_utils.decode(rle)
-    except ValueError:  # pycocotools: runs past the end of the mask
-        mask = None
-    # pycocotools fills a mask whose runs stop short with whatever was in memory: a mask whose own encoding
-    # is not these counts was such a one, unless the counts were valid but not minimal (checked the slow way).
-    if mask is None or mask_utils.encode(mask)["counts"] != rle["counts"]:
-        runs = rle_counts(counts)
-        if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
-            raise PredictionError(f"{where}: segmentation counts are not an RLE mask of {height}x{width}")
-    return mask.astype(bool)
+        masks = mask_utils.decode(rles)  # (H, W, N) uint8
+    except ValueError:
+        masks = None
+    if masks is None:
+        for segmentation, where in zip(segmentations, wheres):
+            check_counts(segmentation, where)
+        raise PredictionError(f"{wheres[0]}: pycocotools cannot decode the segmentations")  # not reached
+    for k, encoded in enumerate(mask_utils.encode(masks)):
+        if encoded["counts"] != rles[k]["counts"]:
+            check_counts(segmentations[k], wheres[k])
+    boxes = mask_utils.toBbox(rles).astype(np.int64)  # [x, y, w, h] of each mask's pixels
+    return [(y, x, masks[y : y + h, x : x + w, k].astype(bool)) for k, (x, y, w, h) in enumerate(boxes.tolist())]
 
 
 def _integer(value):
@@ -108,7 +130,7 @@ class CocoPrediction(Prediction):
         results = self.results[position]
         if not results:
             return empty_prediction(self.size)
-        pieces = [bounding_crop(decode_rle(seg, f"{self.path}: [{k}]")) for k, _, _, seg in results]
+        pieces = decode_pieces([seg for _, _, _, seg in results], [f"{self.path}: [{k}]" for k, _, _, _ in results])
         scores = [score for _, _, score, _ in results]
         types = [category for _, category, _, _ in results]
         where = f"{self.path}: {self.patch(position)}"

@@ -39,11 +39,3 @@ def combine(pieces, scores, types, min_score, max_overlap, size, where):
         kept_types.append(types[k])
     return from_instances(instance, np.arange(1, len(kept_types) + 1), kept_types, where=where)
 
-
-def bounding_crop(mask):
-    """(top, left, crop) of a full-size bool mask: its pixels within their bounding box."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return 0, 0, mask[:0, :0]
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
