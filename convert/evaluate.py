@@ -57,11 +57,13 @@ def _nuclei(channels, count):
     Positions are pixel * count + channel.
     """
     width = channels.shape[-1]
-    # Only the channels read are compared: PanNuke's channel 5 (background) is non-zero almost everywhere,
-    # and splitting its positions into pixel and channel would cost more than the comparison saves.
-    position = np.flatnonzero((channels[..., :count] if count < width else channels) != 0)
-    pixel, channel = np.divmod(position, count)
-    values = channels.reshape(-1)[pixel * width + channel if count < width else position]
+    nonzero = channels != 0  # every channel: a strided view of only the channels read is several times slower
+    # PanNuke's channel 5 (background) is non-zero almost everywhere: its positions are not searched.
+    nonzero[..., count:] = False
+    found = np.flatnonzero(nonzero)
+    values = channels.reshape(-1)[found]
+    pixel, channel = np.divmod(found, width)
+    position = pixel * count + channel if count < width else found
     span = int(values.max(initial=0)) + 1
     if count * span <= DENSE_KEYS + DENSE_KEYS_PER_PIXEL * len(values):
         # Ids small beside the pixels (as PanNuke's): number the (channel, id) keys by one histogram, no sort.
