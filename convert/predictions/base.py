@@ -215,6 +215,23 @@ def listing(folder):
     return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
+def patch_files(folder, patch_ids, ending, what="prediction(s)", required=True):
+    """The files <id><ending> in folder, in the split's order, after the one check all per-patch layouts make:
+    no file with that ending that is not one of the split's (and, if required, none missing).
+
+    One line names the first file that is wrong and how many there are.
+    """
+    names = {name for name in listing(folder) if name.endswith(ending)}
+    expected = [f"{patch}{ending}" for patch in patch_ids]
+    missing = [name for name in expected if name not in names]
+    if required and missing:
+        raise FileNotFoundError(f"{folder}: {len(missing)} {what} missing, the first {missing[0]}")
+    foreign = sorted(names - set(expected))
+    if foreign:
+        raise PredictionError(f"{folder}: {len(foreign)} {what} not in the split, the first {foreign[0]}")
+    return [name for name in expected if name in names]
+
+
 def class_agnostic(instance, where):
     """The PatchPrediction of an instance map without classes: every nucleus in channel 0, of type 0 (unknown)."""
     instance = check_ids(instance, where, "instance map")

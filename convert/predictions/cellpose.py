@@ -7,7 +7,16 @@ pickle and is never read.
 
 import os
 
-from .base import Prediction, PredictionError, check_png, class_agnostic, empty_prediction, listing, read_png
+from .base import (
+    Prediction,
+    PredictionError,
+    check_png,
+    class_agnostic,
+    empty_prediction,
+    listing,
+    patch_files,
+    read_png,
+)
 
 NAME = "cellpose"
 SUFFIXES = ("_cp_masks", "_masks")  # cellpose's own output first; _masks is its training files' name
@@ -55,10 +64,7 @@ def open_layout(path, patches, size, **options):
                 "predict with --save_png to write <name>_cp_masks.png"
             )
     prediction = CellposePrediction(path, patches, size, suffix)
-    known = {f"{patch}{suffix}.png" for patch, _ in prediction.patches}
-    foreign = [name for name in masks if name not in known]
-    if foreign:
-        raise PredictionError(f"{path}: {len(foreign)} mask file(s) not in the split, the first {foreign[0]}")
-    for name in masks:
+    ending = f"{suffix}.png"
+    for name in patch_files(path, [patch for patch, _ in prediction.patches], ending, "mask file(s)", required=False):
         check_png(os.path.join(path, name), prediction.size, MODES)
     return prediction

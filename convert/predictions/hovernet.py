@@ -6,7 +6,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from .base import Prediction, check_dtype, hovernet_prediction
+from .base import Prediction, check_dtype, hovernet_prediction, patch_files
 
 NAME = "hovernet"
 
@@ -20,14 +20,7 @@ def recognise(path):
 
 def check_prediction_folder(folder, ids, size):
     """Check that folder holds exactly one <id>.npy of shape (H, W, >=2) per id, before anything is scored."""
-    names = {name for name in os.listdir(folder) if name.endswith(".npy") and not name.startswith(".")}
-    expected = {f"{patch}.npy" for patch in ids}
-    missing = [f"{patch}.npy" for patch in ids if f"{patch}.npy" not in names]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} prediction(s) missing, the first {missing[0]}")
-    extra = sorted(names - expected)
-    if extra:
-        raise ValueError(f"{folder}: {len(extra)} prediction(s) not in the split, the first {extra[0]}")
+    patch_files(folder, ids, ".npy")
     for patch in ids:
         path = os.path.join(folder, f"{patch}.npy")
         shape, dtype = pim.read_npy_header(path)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .base import NUM_TYPES, Prediction, PredictionError, check_ids, from_instances, listing
+from .base import NUM_TYPES, Prediction, PredictionError, check_ids, from_instances, patch_files
 
 NAME = "hovernet-mat"
 KEYS = ("inst_map", "inst_uid", "inst_type", "inst_centroid")
@@ -143,14 +143,7 @@ class HovernetMatPrediction(Prediction):
 
 def open_layout(path, patches, size, **options):
     folder = mat_folder(path)
-    names = {name for name in listing(folder) if name.endswith(".mat")}
-    expected = [f"{patch}.mat" for patch, _ in patches]
-    missing = [name for name in expected if name not in names]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} prediction(s) missing, the first {missing[0]}")
-    foreign = sorted(names - set(expected))
-    if foreign:
-        raise PredictionError(f"{folder}: {len(foreign)} prediction(s) not in the split, the first {foreign[0]}")
+    expected = patch_files(folder, [patch for patch, _ in patches], ".mat")
     # Whether HoVer-Net ran with types, from the headers; a file that disagrees is named when it is read (a
     # file cut short lists only the variables before the cut, so it is not judged by its header).
     typed = [check_header(os.path.join(folder, name), tuple(size)) for name in expected]

@@ -11,7 +11,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from .base import Prediction, PredictionError, check_ids, check_png, from_instances, listing, read_png
+from .base import Prediction, PredictionError, check_ids, check_png, from_instances, patch_files, read_png
 
 NAME = "semantic"
 MODES = ("L", "I;16", "P")
@@ -56,15 +56,7 @@ class SemanticPrediction(Prediction):
 
 def open_layout(path, patches, size, **options):
     prediction = SemanticPrediction(path, patches, size)
-    names = {name for name in listing(path) if name.endswith(".png")}
-    expected = [f"{patch}.png" for patch, _ in prediction.patches]
-    missing = [name for name in expected if name not in names]
-    if missing:
-        raise FileNotFoundError(f"{path}: {len(missing)} prediction(s) missing, the first {missing[0]}")
-    foreign = sorted(names - set(expected))
-    if foreign:
-        raise PredictionError(f"{path}: {len(foreign)} prediction(s) not in the split, the first {foreign[0]}")
-    for name in expected:
+    for name in patch_files(path, [patch for patch, _ in prediction.patches], ".png"):
         check_png(os.path.join(path, name), prediction.size, MODES)
     prediction.notes.append(NOTE)
     return prediction

@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from .base import Prediction, PredictionError, empty_prediction, listing
+from .base import Prediction, PredictionError, empty_prediction, patch_files
 from .combine import combine
 
 NAME = "yolo"
@@ -115,8 +115,5 @@ class YoloPrediction(Prediction):
 def open_layout(path, patches, size, *, min_score, max_overlap, **options):
     folder = labels_folder(path)
     prediction = YoloPrediction(path, patches, size, folder, min_score, max_overlap)
-    known = {f"{patch}.txt" for patch, _ in prediction.patches}
-    foreign = [name for name in listing(folder) if name.endswith(".txt") and name not in known]
-    if foreign:
-        raise PredictionError(f"{folder}: {len(foreign)} label file(s) not in the split, the first {foreign[0]}")
+    patch_files(folder, [patch for patch, _ in prediction.patches], ".txt", "label file(s)", required=False)
     return prediction
