@@ -270,20 +270,43 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def _default_sigterm_in_child():
-    """After a fork: a worker must die on SIGTERM, not run the parent's clean-up handler.
+_HELD = {"sigterm": False}  # whether this thread blocked SIGTERM for a fork (the child inherits the flag)
+
+
+def _hold_sigterm_for_fork():
+    """Before a fork: block SIGTERM, so that the child cannot receive it until its handler is the default.
 
     Pools (datasets' inside download_and_prepare, the export's own) end their workers with SIGTERM. A
     worker that inherited _terminate raises KeyboardInterrupt instead, possibly while holding the task
     queue's lock, and the next worker then waits for that lock forever: the whole command hangs. Resetting
-    in the child right after the fork, before any Python code of the worker runs, closes that window.
+    the handler in the child is not enough on its own: a pool terminated right after it was made (its tasks
+    done before a worker was even scheduled) signals a child that has not reset it yet, and Python runs
+    the handler of the moment it looks at the signal, by then the default, which it skips as if the signal
+    had been caught: the worker lives on and the pool waits for it forever. Blocked, the signal waits in
+    the child until its handler is the default, and then ends it.
     """
     if signal.getsignal(signal.SIGTERM) is _terminate:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        _HELD["sigterm"] = True
+
+
+def _release_sigterm():
+    if _HELD["sigterm"]:
+        _HELD["sigterm"] = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _default_sigterm_in_child():
+    """After a fork, in the child: SIGTERM ends a worker (the default), never runs the parent's clean-up."""
+    if signal.getsignal(signal.SIGTERM) is _terminate:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _release_sigterm()  # a SIGTERM that came meanwhile is delivered now, with the default action
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+    os.register_at_fork(
+        before=_hold_sigterm_for_fork, after_in_parent=_release_sigterm, after_in_child=_default_sigterm_in_child
+    )
 
 
 def run_cli(name, function, args):

@@ -41,6 +41,39 @@ def test_a_child_forked_during_a_command_has_the_default_sigterm():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_sigterm_is_blocked_only_across_a_fork_and_a_signal_sent_meanwhile_ends_the_child():
+    blocked = {}
+
+    def command(args):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            held = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+            os.write(write, b"blocked" if held else b"unblocked")
+            os._exit(0)
+        os.close(write)
+        blocked["child"] = os.read(read, 64).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        blocked["parent"] = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        # The race itself, replayed in a child: a SIGTERM that arrives after the fork but before the hook
+        # has reset the parent's handler must end the child, not be swallowed.
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            signal.signal(signal.SIGTERM, common._terminate)  # the handler a child starts with
+            common._hold_sigterm_for_fork()  # as the before-fork hook leaves the forking thread
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives now
+            common._default_sigterm_in_child()  # the after-fork hook: the default, then the signal ends it
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        blocked["child_ended_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        return 0
+
+    assert common.run_cli("test", command, type("Args", (), {"quiet": True})()) == 0
+    assert blocked == {"child": "unblocked", "parent": False, "child_ended_by": signal.SIGTERM}
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
 def test_a_pool_worker_of_datasets_has_the_default_sigterm():
     # datasets' num_proc pool is multiprocess (dill), forked like ours: its workers must die on terminate().
     import multiprocess
