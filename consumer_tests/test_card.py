@@ -31,7 +31,9 @@ def test_the_cards_torch_recipes_run_as_printed(local_repo, tmp_path):
         "assert (row['labels'].numpy() == np.asarray(ds['train'][0]['label'])).all()\n"
         "assert set(np.unique(row['labels'].numpy())) <= set(range(6))\n"
     )
-    run_blocks([blocks[0] + check, blocks[1]], {REPO_ID: str(local_repo), "num_train_epochs=50": "max_steps=2"}, tmp_path)
+    run_blocks(
+        [blocks[0] + check, blocks[1]], {REPO_ID: str(local_repo), "num_train_epochs=50": "max_steps=2"}, tmp_path
+    )
     assert os.path.isdir(tmp_path / "segformer-pannuke")
 
 

@@ -129,7 +129,7 @@ def test_verify_passes_after_training_and_names_a_foreign_file(trained, cache, c
     (copy / "valid" / "notes.txt").write_text("mine")
     try:
         assert main(["verify", str(copy), "--cache-dir", cache, "--quiet"]) == 1
-        assert capsys.readouterr().out.splitlines() == ["valid/notes.txt: not in the source's splits"]
+        assert capsys.readouterr().out.splitlines() == ["valid/notes.txt: not part of the export"]
     finally:
         (copy / "valid" / "notes.txt").unlink()
 

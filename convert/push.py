@@ -127,10 +127,14 @@ def statistics_tables(built):
             for k, name in enumerate(pim.NUCLEUS_CLASSES)
         ]
         classes.append("| **all nuclei** | " + " | ".join(f"{sum(stats[s][0]):,}" for s in splits) + " |")
-        empty = "| patches without nuclei | " + " | ".join(
-            f"{stats[s][2]:,} of {dataset_dict[s].num_rows:,} ({100 * stats[s][2] / dataset_dict[s].num_rows:.1f}%)"
-            for s in splits
-        ) + " |"
+        empty = (
+            "| patches without nuclei | "
+            + " | ".join(
+                f"{stats[s][2]:,} of {dataset_dict[s].num_rows:,} ({100 * stats[s][2] / dataset_dict[s].num_rows:.1f}%)"
+                for s in splits
+            )
+            + " |"
+        )
         tissues = [
             f"| {tissue} | " + " | ".join(f"{stats[s][1].get(tissue, 0):,}" for s in splits) + " |"
             for tissue in pim.TISSUES

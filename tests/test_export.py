@@ -234,7 +234,7 @@ def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_pat
     missing = min(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])
     assert out.splitlines() == [
         f"valid/images/{missing}.png: missing",
-        "test/images/fold1_99999.png: not in the source's splits",
+        "test/images/fold1_99999.png: not part of the export",
         "train/masks/fold1_00000.png: 1 of 65536 pixels differ",
         "metadata.csv: row missing or changed: " + lines[-1],
     ]

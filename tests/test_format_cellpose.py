@@ -124,8 +124,8 @@ def test_verify_accepts_cellposes_own_files_and_names_every_other_difference(tre
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         f"valid/{missing}.png: missing",
-        "test/fold1_99999_classes.png: not in the source's splits",
-        "test/fold1_99999_seg.npy: not in the source's splits",
+        "test/fold1_99999_classes.png: not part of the export",
+        "test/fold1_99999_seg.npy: not part of the export",
         f"train/{first}_masks.png: 1 of 65536 pixels differ",
     ]
     assert err.strip().endswith(f"{copy}: 4 difference(s) in {PART1_PATCHES} patches")

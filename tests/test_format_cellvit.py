@@ -288,7 +288,7 @@ CASES = {
         "fold0/labels/0_0.npy: refers to numpy._core (saved by numpy 2): numpy < 2, which CellViT pins, cannot load it"
     ],
     "foreign pickle": lambda _: ["fold0/labels/0_0.npy: refused: its pickle calls io.open"],
-    "extra file": lambda _: ["fold0/images/0_99.png: not in the source's splits"],
+    "extra file": lambda _: ["fold0/images/0_99.png: not part of the export"],
     "missing file": lambda _: ["fold1/labels/1_2.npy: missing"],
     "changed image": lambda _: ["fold2/images/2_0.png: 1 of 65536 pixels differ"],
     "changed types.csv": lambda part1: [_types_line(part1)],
@@ -327,7 +327,7 @@ def test_estimate_bounds_what_was_written(part1, kaggle_part1, cache):
     [
         (["--size", "128"], "--size applies to --format imagemask only, not cellvit"),
         (["--mask-style", "semantic"], "--mask-style applies to --format imagemask only, not cellvit"),
-        (["--image-format", "jpg"], "--image-format applies to --format imagemask, coco, yolo only, not cellvit"),
+        (["--image-format", "jpg"], "--image-format applies to --format coco, imagemask, yolo only, not cellvit"),
     ],
 )
 def test_options_cellvit_does_not_take_are_usage_errors(argv, message, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """python -m convert export --format nnunet: every file against the independent reference."""
 
 import json
-import logging
 import os
 import shutil
 
@@ -192,7 +191,7 @@ def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, c
         1,
         [
             f"imagesTs/{part1_ids['test'][0]}_0000.png: missing",
-            "imagesTr/extra_0000.png: not in the source's splits",
+            "imagesTr/extra_0000.png: not part of the export",
             "splits_final.json: differs",
         ],
     )
@@ -222,16 +221,10 @@ def test_estimate_is_at_least_what_was_written(which, request, kaggle_part1, thr
     assert written <= estimated
 
 
-def test_a_folder_nnunet_cannot_find_gets_a_warning(kaggle_part1, cache, tmp_path, caplog):
-    dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+def test_a_folder_nnunet_cannot_find_gets_a_warning():
     fmt = get_format("nnunet")
-    with caplog.at_level(logging.WARNING, logger="convert.formats.nnunet"):
-        fmt.finish(str(tmp_path), dataset_dict, {}, "/data/Dataset500_PanNuke", {})
-        assert caplog.messages == []
-        fmt.finish(str(tmp_path), dataset_dict, {}, "/data/pannuke-nnunet", {})
-    assert caplog.messages == [
-        (
-            "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw: "
-            "move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
-        )
+    assert fmt.advice("/data/Dataset500_PanNuke") == []
+    where = "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw"
+    assert fmt.advice("/data/pannuke-nnunet") == [
+        f"{where}: move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
     ]

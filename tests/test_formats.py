@@ -17,8 +17,9 @@ from reference import reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
 from convert import common
+from convert import files as files_module
 from convert.__main__ import main
-from convert.formats import imagemask
+from convert.formats import undecoded
 from convert.sample import fake_tissues
 
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
@@ -211,7 +212,9 @@ def test_yolo_outlines_of_hard_shapes_fill_back_exactly():
         "two holes, one above the other": [
             (x, y) for x in range(20, 25) for y in range(20, 27) if (x, y) not in ((22, 21), (22, 24))
         ],
-        "hole beside a notch": [(x, y) for x in range(30, 36) for y in range(30, 36) if (x, y) not in ((32, 32), (32, 30))],
+        "hole beside a notch": [
+            (x, y) for x in range(30, 36) for y in range(30, 36) if (x, y) not in ((32, 32), (32, 30))
+        ],
     }
     for name, pixels in shapes.items():
         truth = np.zeros((256, 256), bool)
@@ -219,6 +222,8 @@ def test_yolo_outlines_of_hard_shapes_fill_back_exactly():
             truth[y, x] = True
         values = np.array([float(f"{v:.6f}") for v in (nucleus_polygon(truth) / 256).ravel()])
         assert (_fill(values) == truth).all(), name
+
+
 def test_yolo_empty_patch_gets_an_empty_label_file(exports, reference):
     empty = [i for i, (_, _, _, nuclei, _) in reference.items() if not nuclei]
     assert empty
@@ -281,7 +286,7 @@ def test_pannuke_arrays_read_back_like_a_fold(exports, reference):
 
 CHANGES = {
     "coco": ("annotations/instances_valid.json", "annotations/instances_valid.json: annotations differ"),
-    "yolo": ("labels/train/fold1_00000.txt", "labels/train/fold1_00000.txt: differs from the outlines"),
+    "yolo": ("labels/train/fold1_00000.txt", "labels/train/fold1_00000.txt: line 1 differs from column "),
     "hovernet": ("train/fold1_00000.npy", "train/fold1_00000.npy: 1 of 327680 values differ"),
     "pannuke": ("train/masks.npy", "train/masks.npy: row 0 (fold1_00000): 1 values differ"),
 }
@@ -322,7 +327,7 @@ def test_verify_passes_then_names_a_changed_file(name, exports, cache, tmp_path,
         (["--format", "hovernet", "--size", "128"], "--size applies to --format imagemask only, not hovernet"),
         (
             ["--format", "pannuke", "--image-format", "jpg"],
-            "--image-format applies to --format imagemask, coco, yolo only, not pannuke",
+            "--image-format applies to --format coco, imagemask, yolo only, not pannuke",
         ),
     ],
 )
@@ -361,7 +366,7 @@ def test_too_little_free_space_is_refused_before_writing(previous_tree, kaggle_p
     dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
     blocks = 0
     for dataset in dataset_dict.values():
-        for row in imagemask.undecoded(dataset):
+        for row in undecoded(dataset):
             blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "semantic_mask"))
     needed = blocks * 4096 + 4096 * -(-200 * (PART1_PATCHES + 1) // 4096) + (8 << 20)
     assert capsys.readouterr().err == (
@@ -376,7 +381,7 @@ def test_too_little_free_space_is_refused_before_writing(previous_tree, kaggle_p
 def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kaggle_part1, cache, monkeypatch, capsys):
     out, before = previous_tree
     written = []
-    real_write = imagemask.write_bytes
+    real_write = files_module.write_bytes
 
     def filling_up(path, *chunks):
         if len(written) == 8:  # the 5th patch's image: fold1_00004 is the 5th patch of train
@@ -384,7 +389,7 @@ def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kag
         written.append(path)
         real_write(path, *chunks)
 
-    monkeypatch.setattr(imagemask, "write_bytes", filling_up)
+    monkeypatch.setattr(files_module, "write_bytes", filling_up)
     assert _export(out, kaggle_part1, cache, "--force", "--num-proc", "1") == 1
     fifth = _members()["train"][4][1]
     err = capsys.readouterr().err
@@ -454,8 +459,8 @@ def test_verify_accepts_the_files_ultralytics_leaves_and_names_any_other(exports
     capsys.readouterr()
     assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
     assert capsys.readouterr().out.splitlines() == [
-        "images/train.cache: not in the source's splits",
-        "labels/train/notes.cache: not in the source's splits",
+        "images/train.cache: not part of the export",
+        "labels/train/notes.cache: not part of the export",
     ]
 
 

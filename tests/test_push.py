@@ -207,7 +207,9 @@ def test_a_pushed_sample_says_it_is_fake(tmp_path):
     assert card.data.to_dict()["size_categories"] == ["n<1K"] and "synthetic" in card.data.to_dict()["tags"]
 
 
-def test_local_dir_without_repo_id_names_a_placeholder_and_says_to_replace_it(local_repo, kaggle_part1, cache, tmp_path):
+def test_local_dir_without_repo_id_names_a_placeholder_and_says_to_replace_it(
+    local_repo, kaggle_part1, cache, tmp_path
+):
     out = tmp_path / "repo"
     assert main(["push", "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache, "--quiet"]) == 0
     assert _files(out) == _files(local_repo)
@@ -479,7 +481,9 @@ def test_check_data_dir_compares_a_users_split_with_the_recorded_one(kaggle_part
 
 def test_local_dir_without_room_is_refused_before_writing(kaggle_part1, cache, tmp_path, monkeypatch, capsys):
     out = tmp_path / "repo"
-    monkeypatch.setattr("convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000))
+    monkeypatch.setattr(
+        "convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000)
+    )
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
     assert main([*argv, "--quiet"]) == 1
     err = capsys.readouterr().err
