@@ -3,20 +3,8 @@
 import os
 
 import numpy as np
-import pytest
 from blocks import needs_consumer_tier, python_blocks, run_blocks
-
-from convert.__main__ import main
-
-REPO_ID = "pathology-lab/pannuke-imagemask"
-
-
-@pytest.fixture(scope="module")
-def local_repo(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("hub") / "repo"
-    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
-    assert main([*argv, "--quiet"]) == 0
-    return out
+from pannuke_fixtures import REPO_ID
 
 
 def test_the_cards_torch_recipes_run_as_printed(local_repo, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cellpose import cli, io, train, vit
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_image, reference_labels, reference_split
 
 from convert.__main__ import main

@@ -6,7 +6,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_image, reference_labels
 
 from convert.__main__ import main

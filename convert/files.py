@@ -208,8 +208,10 @@ class Json(File):
 
     def problems(self, path, cache):
         try:
-            actual = json.loads(_read(path))
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            actual = json.loads(_read(path).decode())  # JSON is UTF-8 (RFC 8259): no guessing of encodings
+        except UnicodeDecodeError:
+            return ["is not UTF-8 text"]
+        except ValueError as exc:
             return [f"cannot be read as JSON ({exc})"]
         return document_differences(actual, json.loads(json.dumps(self.value)))  # tuples become lists
 
@@ -226,7 +228,9 @@ class Yaml(File):
 
     def problems(self, path, cache):
         try:
-            actual = yaml.safe_load(_read(path))
+            actual = yaml.safe_load(_read(path).decode())
+        except UnicodeDecodeError:
+            return ["is not UTF-8 text"]
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -253,7 +257,7 @@ class Checked(File):
 _KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
 
 
-def _kind(value):
+def kind_of(value):
     return _KINDS.get(type(value), "a number")
 
 
@@ -261,8 +265,8 @@ def document_differences(actual, expected):
     """What differs between a parsed JSON or YAML document and the expected one, entry by entry of an object."""
     if actual == expected:
         return []
-    if _kind(actual) != _kind(expected):
-        return [f"holds {_kind(actual)}, expected {_kind(expected)}"]
+    if kind_of(actual) != kind_of(expected):
+        return [f"holds {kind_of(actual)}, expected {kind_of(expected)}"]
     if not isinstance(expected, dict):
         return ["differs"]
     problems = []

@@ -19,6 +19,7 @@ JPEG_TOLERANCE = 4.0  # mean |difference| per channel value; quality-95 4:4:4 JP
 HEADER_BOUND = 4096  # PNG signature, IHDR, palette, IEND and zlib framing, JPEG headers: far less than this
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def decode(png_bytes):
@@ -90,6 +91,9 @@ def npy_chunks(array):
 
 def read_npy(path, mmap=False):
     """The array of an .npy file, or ValueError saying why it is not one (never unpickles)."""
+    with open(path, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ValueError("is not a .npy file")
     try:
         pim.read_npy_header(path)  # the magic, the header, no objects, the length
     except pim.PanNukeFormatError as exc:

@@ -9,17 +9,34 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import sys
 from types import SimpleNamespace
 
-from .common import add_quiet_argument, build_from_args, command_parser, progress_bar, run_cli, source_of
-from .files import Picture, Report
-from .formats import get_format, undecoded
+from .common import CONFIGS, add_quiet_argument, build_from_args, command_parser, progress_bar, run_cli, source_of
+from .files import Picture, Report, kind_of
+from .formats import FORMAT_NAMES, get_format, undecoded
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEYS = ("source", "config", "split_seed", "split_ratios", "mask_style", "image_format", "size")
 OPTION_KEYS = ("mask_style", "image_format", "size")
+_RELEASE = re.compile(r"^\d+\.\d+\.\d+")
+# What export writes for each key verify reads (a damaged export.json is one line, never a traceback).
+MANIFEST_VALUES = {
+    "format": lambda v: v in FORMAT_NAMES,
+    "version": lambda v: isinstance(v, str) and bool(_RELEASE.match(v)),
+    "source": lambda v: (
+        isinstance(v, dict) and isinstance(v.get("data_dir"), (str, type(None))) and isinstance(v.get("sample"), bool)
+    ),
+    "config": lambda v: v in CONFIGS,
+    "split_seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "split_ratios": lambda v: isinstance(v, list) and len(v) == 3 and all(isinstance(r, (int, float)) for r in v),
+    "mask_style": lambda v: v is None or isinstance(v, str),
+    "image_format": lambda v: v is None or isinstance(v, str),
+    "size": lambda v: isinstance(v, int) and v > 0,
+    "splits": lambda v: isinstance(v, dict),
+}
 # The export's own reports beside the format's files: export.json (read before anything else) and the pictures.
 REPORTS = (Report("export.json"), Picture("statistics.png"), Picture("samples.png"))
 
@@ -114,18 +131,33 @@ def _get_parser():
     return parser
 
 
-def verify(args):
-    manifest_path = os.path.join(args.dir, "export.json")
+def read_manifest(root):
+    """export.json of the tree at root, checked to be what export writes: else one ValueError line."""
+    path = os.path.join(root, "export.json")
     try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{manifest_path}: not found; is {args.dir} a tree written by export?") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from None
+        raise FileNotFoundError(f"{path}: not found; is {root} a tree written by export?") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        kind = kind_of(manifest)  # a user error: one line, as ValueError (USER_ERRORS)
+        raise ValueError(f"{path}: holds {kind}, expected an object; is {root} a tree written by export?")  # noqa: TRY004
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if missing:
-        raise ValueError(f"{manifest_path}: missing {', '.join(missing)}; is {args.dir} a tree written by export?")
+        raise ValueError(f"{path}: missing {', '.join(missing)}; is {root} a tree written by export?")
+    wrong = [key for key, valid in MANIFEST_VALUES.items() if key in manifest and not valid(manifest[key])]
+    if wrong:
+        shown = ", ".join(f"{key} {json.dumps(manifest[key])}" for key in wrong)
+        raise ValueError(f"{path}: {shown} not as export writes {'it' if len(wrong) == 1 else 'them'}")
+    return manifest
+
+
+def verify(args):
+    manifest = read_manifest(args.dir)
     source = source_of(args) if args.data_dir or args.sample else manifest["source"]
     options = SimpleNamespace(
         config=manifest["config"],

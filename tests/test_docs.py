@@ -9,20 +9,9 @@ from blocks import ROOT, doc_files, export_named_trees, needs_consumer_tier, pyt
 
 from convert.__main__ import main
 
-REPO_ID = "pathology-lab/pannuke-imagemask"
-
 # Blocks that import a training framework, per file: counted here, run by the consumer tier. A new one must be
 # added here (and to consumer_tests/), so that none is skipped silently.
 CONSUMER_BLOCKS = {"docs/formats.md": 1}  # the torchvision recipe: consumer_tests/test_torchvision.py
-
-
-@pytest.fixture(scope="module")
-def local_repo(tmp_path_factory, kaggle_part1):
-    out = tmp_path_factory.mktemp("docs-hub") / "repo"
-    cache = str(tmp_path_factory.mktemp("docs-cache"))
-    args = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
-    assert main([*args, "--quiet"]) == 0
-    return out
 
 
 def _read(name):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 
@@ -24,11 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The colours of the issue, written out here rather than imported: background black, then the classes.
 SCREEN_COLOURS = {0: (0, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255), 3: (255, 0, 0), 4: (0, 255, 255), 5: (255, 255, 0)}
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache"))
 
 
 def _expected_splits(seed=0, ratios=(0.8, 0.15, 0.05)):

@@ -7,7 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from reference import reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -16,11 +16,6 @@ from convert.formats import get_format
 from convert.sample import fake_tissues
 
 SPLITS = {"train": "train", "valid": "validation", "test": "test"}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-cellpose"))
 
 
 def _export(out, data_dir, cache, *extra):

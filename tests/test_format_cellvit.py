@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -60,11 +60,6 @@ CELL_COUNT_HEADER = "Image,Neoplastic,Inflammatory,Connective,Dead,Epithelial\n"
 EMPTY_LABEL_SHA256 = "7b1c3646993e078e7dee713a448e9d38c76a7aa40a0793130fc4e0fe5f6019be"
 # The .npy header of a 0-d object array (what np.save writes before the pickle).
 OBJECT_NPY_HEADER = b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (), }" + b" " * 63 + b"\n"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-cellvit"))
 
 
 def _export(out, data_dir, cache, *extra):

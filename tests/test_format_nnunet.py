@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -27,11 +27,6 @@ DATASET_JSON = {
 }
 # Where each fold of the three_folds fixture lies (tests/conftest.py), for the raw arrays.
 FOLD_SOURCES = {1: ("", "kaggle"), 2: ("fold_2", "kaggle-flat"), 3: ("", "official")}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-nnunet"))
 
 
 def _export(out, data_dir, cache, *extra):

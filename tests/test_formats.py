@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import PART1_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -25,11 +25,6 @@ from convert.sample import fake_tissues
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 # Colours of the colour masks, written out here: background black, then the classes.
 COLOURS = [[0, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0], [0, 255, 255], [255, 255, 0]]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-formats"))
 
 
 def _members(split_names=("train", "valid", "test")):

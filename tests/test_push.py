@@ -12,8 +12,8 @@ import datasets
 import numpy as np
 import pytest
 from blocks import needs_consumer_tier, python_blocks, run_blocks
-from conftest import raw_fold, real_types
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
+from pannuke_fixtures import REPO_ID, raw_fold, real_types
 from PIL import Image
 from reference import PALETTE, palette_of, reference_labels, reference_split
 
@@ -22,22 +22,6 @@ from convert import infos as infos_module
 from convert.__main__ import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_ID = "pathology-lab/pannuke-imagemask"
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-push"))
-
-
-@pytest.fixture(scope="session")
-def local_repo(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("hub") / "repo"
-    code = main(
-        ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
-    )
-    assert code == 0
-    return out
 
 
 def _files(root):

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_labels, reference_split
 
 import pannuke_imagemask as pim

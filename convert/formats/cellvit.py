@@ -130,6 +130,8 @@ def read_label(data):
         inst_map = np.frombuffer(data, "<i4", SIDE * SIDE, len(LABEL_PREFIX)).reshape(SIDE, SIDE)
         type_map = np.frombuffer(data, "<i4", SIDE * SIDE, _MIDDLE_AT + len(LABEL_MIDDLE)).reshape(SIDE, SIDE)
         return inst_map, type_map
+    if len(data) < LABEL_BYTES and data[: len(LABEL_PREFIX)] == LABEL_PREFIX[: len(data)]:
+        raise ValueError(f"truncated: {len(data)} bytes, a label file has {LABEL_BYTES}")
     if data[: len(NPY_HEADER)] != NPY_HEADER:
         raise ValueError("is not the .npy of a pickled dict (header differs)")
     names = pickle_globals(data[len(NPY_HEADER) :])
