@@ -130,3 +130,25 @@ def raw_fold(root, fold=1, layout="kaggle"):
         np.load(paths["masks"], mmap_mode="r"),
         np.load(paths["types"]).tolist(),
     )
+
+
+def part1_members(folders=("train", "valid", "test")):
+    """{split folder: [(fold, index), ...] in (fold, index) order}: the reference split of part1 (seed 0, 0.8 0.15 0.05)."""
+    from reference import SPLIT_NAMES, reference_split
+
+    from convert.sample import fake_tissues
+
+    members = reference_split({1: fake_tissues(PART1_PATCHES, 1)}, 0, (0.8, 0.15, 0.05))
+    return {folder: sorted(members[split]) for folder, split in zip(folders, SPLIT_NAMES)}
+
+
+@pytest.fixture(scope="session")
+def part1_patches(kaggle_part1):
+    """{index: (image, semantic, instance, nuclei, tissue)} of every part1 patch, from tests/reference.py."""
+    from reference import reference_image, reference_labels
+
+    images, masks, tissues = raw_fold(kaggle_part1)
+    return {
+        index: (reference_image(images[index]), *reference_labels(np.asarray(masks[index])), tissues[index])
+        for index in range(PART1_PATCHES)
+    }

@@ -7,7 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from reference import reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -18,15 +18,9 @@ from convert.sample import fake_tissues
 SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 
-def _export(out, data_dir, cache, *extra):
-    return run_export(out, data_dir, cache, "--format", "cellpose", *extra)
-
-
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("cellpose") / "part1"
-    assert _export(out, kaggle_part1, cache) == 0
-    return out
+def tree(export_tree):
+    return export_tree("cellpose")
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +71,8 @@ def test_every_image_and_mask_equals_the_reference(tree, members, kaggle_part1):
     assert empty  # patches without nuclei are exported too, as all-zero masks
 
 
-def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
-    out = tmp_path / "folds"
-    assert _export(out, three_folds, cache, "--config", "folds") == 0
+def test_folds_config_writes_one_folder_per_fold(export_tree, three_folds, cache):
+    out = export_tree("cellpose", config="folds")
     layouts = {1: (three_folds, "kaggle"), 2: (os.path.join(three_folds, "fold_2"), "kaggle-flat"),
                3: (three_folds, "official")}  # fmt: skip
     assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == ["fold1", "fold2", "fold3"]
@@ -132,17 +125,3 @@ def test_estimate_is_exactly_what_was_written(tree, kaggle_part1, cache):
     written = sorted(os.path.getsize(tree / folder / name) for folder in SPLITS for name in os.listdir(tree / folder))
     assert len(estimated) == 2 * PART1_PATCHES
     assert sorted(estimated) == written  # both files are the builder's PNGs, copied: their sizes are known
-
-
-@pytest.mark.parametrize(
-    "argv, flag",
-    [(["--mask-style", "instance"], "--mask-style"), (["--size", "128"], "--size"), (["--image-format", "jpg"],
-     "--image-format")],
-)  # fmt: skip
-def test_options_cellpose_does_not_take_are_usage_errors(argv, flag, tmp_path, capsys):
-    with pytest.raises(SystemExit) as caught:
-        main(["export", "--out", str(tmp_path / "o"), "--sample", "--format", "cellpose", *argv])
-    assert caught.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert f"error: {flag} applies to --format " in err and err.endswith(" only, not cellpose")  # takers may grow
-    assert not (tmp_path / "o").exists()

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -29,29 +29,19 @@ DATASET_JSON = {
 FOLD_SOURCES = {1: ("", "kaggle"), 2: ("fold_2", "kaggle-flat"), 3: ("", "official")}
 
 
-def _export(out, data_dir, cache, *extra):
-    return run_export(out, data_dir, cache, "--format", "nnunet", *extra)
+@pytest.fixture(scope="module")
+def part1(export_tree):
+    return export_tree("nnunet")
 
 
 @pytest.fixture(scope="module")
-def part1(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("nnunet") / "Dataset500_PanNuke"
-    assert _export(out, kaggle_part1, cache) == 0
-    return out
+def folds(export_tree):
+    return export_tree("nnunet", config="folds")
 
 
 @pytest.fixture(scope="module")
-def folds(tmp_path_factory, three_folds, cache):
-    out = tmp_path_factory.mktemp("nnunet-folds") / "Dataset501_PanNukeFolds"
-    assert _export(out, three_folds, cache, "--config", "folds") == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def all_config(tmp_path_factory, three_folds, cache):
-    out = tmp_path_factory.mktemp("nnunet-all") / "Dataset502_PanNukeAll"
-    assert _export(out, three_folds, cache, "--config", "all") == 0
-    return out
+def all_config(export_tree):
+    return export_tree("nnunet", config="all")
 
 
 def _ids(members):
@@ -195,25 +185,6 @@ def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, c
 @pytest.mark.parametrize("which", ["folds", "all_config"])
 def test_three_fold_trees_verify(which, request, cache, capsys):
     assert _verify(request.getfixturevalue(which), cache, capsys) == (0, [])
-
-
-@pytest.mark.parametrize("which", ["part1", "folds", "all_config"])
-def test_estimate_is_at_least_what_was_written(which, request, kaggle_part1, three_folds, cache):
-    tree = request.getfixturevalue(which)
-    config, data_dir = {"part1": ("part1", kaggle_part1), "folds": ("folds", three_folds)}.get(
-        which, ("all", three_folds)
-    )
-    dataset_dict = pim.build(config, data_dir=data_dir, cache_dir=cache)
-    estimated = sum(
-        get_format("nnunet").estimate(dataset_dict, {"mask_style": None, "image_format": None, "size": 256})
-    )
-    written = sum(
-        os.path.getsize(os.path.join(d, f))
-        for d, _, files in os.walk(tree)
-        for f in files
-        if not (d == str(tree) and f in REPORTS)
-    )
-    assert written <= estimated
 
 
 def test_a_folder_nnunet_cannot_find_gets_a_warning():
