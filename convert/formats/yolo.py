@@ -35,7 +35,7 @@ INSET = 1 / 64
 
 
 # A bound for the free-space estimate: each pixel has 4 half-pixels, a walk passes a pinch twice, a corner may
-# add a point and each hole 2 for its bridge. Measured worst cases (tests/test_formats.py): a diagonal line 6.0,
+# add a point and each hole 2 for its bridge. Measured worst cases (tests/test_format_yolo.py): a diagonal line 6.0,
 # a checkerboard (a hole at every other pixel) 9.6 points per pixel.
 POINTS_PER_PIXEL = 10
 
