@@ -311,7 +311,7 @@ def encode_image_png(image):
 
 
 def encode_semantic_png(semantic):
-    """The semantic mask as written everywhere: a palette PNG whose indices are the classes 0..5."""
+    """The builder's semantic_mask: a palette PNG whose indices are the classes 0..5 (exports write greyscale)."""
     return encode_png(semantic, palette=CLASS_COLORS)
 
 
@@ -580,7 +580,7 @@ class PanNukeImageMaskConfig(datasets.BuilderConfig):
 class PanNukeImageMask(datasets.GeneratorBasedBuilder):
     """PanNuke read from the raw npy folds, one patch at a time."""
 
-    VERSION = datasets.Version("1.1.0")  # 1.1.0: semantic_mask is a palette PNG (README, "What changed")
+    VERSION = datasets.Version("1.1.0")  # 1.1.0: semantic_mask is a palette PNG (docs/changelog.md)
     BUILDER_CONFIG_CLASS = PanNukeImageMaskConfig
     BUILDER_CONFIGS: ClassVar[list] = [
         PanNukeImageMaskConfig(

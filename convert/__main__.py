@@ -1,7 +1,8 @@
 """pannuke-imagemask: export PanNuke as an image/mask folder tree, verify it, publish it to the Hub.
 
 Commands (each has --help):
-  export   write the builder's splits: an image/mask tree, or COCO, YOLO, HoVer-Net, PanNuke arrays
+  export   write the builder's splits: an image/mask tree, or COCO, YOLO, HoVer-Net, PanNuke arrays,
+           CellViT, nnU-Net or Cellpose folders
   verify   re-read an export (any format) and compare every file with the source
   push     publish Parquet and a dataset card to the Hub (or --local-dir)
   evaluate score predictions on a split with PanNuke's mPQ and bPQ

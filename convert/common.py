@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import datasets
+import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
@@ -73,7 +74,13 @@ def add_source_arguments(parser, several_configs=False, download=True, work="bui
         help=f"use the built-in sample: {SAMPLE_PATCHES} FAKE patches per fold in the real format, for trying the tool",
     )
     if several_configs:
-        parser.add_argument("--config", choices=CONFIGS, nargs="+", help="which configs (default: part1)")
+        parser.add_argument(
+            "--config",
+            choices=CONFIGS,
+            nargs="+",
+            action="extend",
+            help=f"which configs: one or more of {', '.join(CONFIGS)}, in one --config or several (default: part1)",
+        )
     else:
         parser.add_argument("--config", choices=CONFIGS, default="part1", help="which folds and which splits")
     parser.add_argument("--split-seed", type=int, default=pim.DEFAULT_SPLIT_SEED, help="seed of the keyed-hash split")
@@ -107,7 +114,7 @@ def refuse_non_empty(path, force, verb):
 
 
 BLOCK = 4096  # a file takes whole filesystem blocks
-REPORTS_BYTES = 8 << 20  # metadata.csv, export.json, the pictures: a few MB at most
+REPORTS_BYTES = 8 << 20  # export.json and the pictures: a few MB at most
 
 
 class NotEnoughSpaceError(OSError):
@@ -192,6 +199,14 @@ def sample_dir(folds, cache_dir=None):
                     if not os.path.isdir(target):  # else written meanwhile by a writer the lock did not stop
                         raise
     return root
+
+
+def nuclei_per_class(labels):
+    """How many nuclei of each class (index = nucleus label, as pim.NUCLEUS_CLASSES) these labels hold.
+
+    The one count behind export's statistics, CellViT's cell_count.csv and the card's tables.
+    """
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=pim.NUM_CLASS_CHANNELS).tolist()
 
 
 def source_of(args):

@@ -18,7 +18,6 @@ import tempfile
 from datetime import datetime, timezone
 
 import datasets
-import numpy as np
 
 import pannuke_imagemask as pim
 
@@ -35,14 +34,14 @@ from .common import (
     staging_dir,
 )
 from .formats import FORMAT_NAMES, NATIVE_SIZE, get_format, summary_row, undecoded
-from .formats.imagemask import IMAGE_FORMATS, MASK_STYLES, split_dir
+from .formats.imagemask import IMAGE_FORMATS, MASK_STYLES
 from .images import JPEG_QUALITY
+from .pictures import write_samples, write_statistics
 from .pool import WORKER, run_tasks
 
 logger = logging.getLogger(__name__)
 
 TASK_PATCHES = 32  # patches per task handed to a worker: small enough for a smooth progress bar
-COLORS = pim.CLASS_COLORS  # RGB as it appears on screen, index = semantic class
 
 # The options only some formats take, their defaults, and how the command line spells them.
 FORMAT_OPTIONS = {"size": (NATIVE_SIZE, "--size"), "mask_style": ("color", "--mask-style"),
@@ -87,72 +86,6 @@ def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask",
     for file in fmt.tree_files(dataset_dict, records, options):
         file.write(root)
     return summaries
-
-
-def write_statistics(root, records):
-    """statistics.png: patches per tissue and split, nuclei per class and split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = list(dict.fromkeys(r[0] for r in records))
-    tissues = sorted({r[4] for r in records})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(14, max(5, 0.35 * len(tissues) + 2)))
-    offset = np.zeros(len(tissues))
-    for split in splits:
-        counts = np.array([sum(1 for r in records if r[0] == split and r[4] == t) for t in tissues])
-        left.barh(tissues, counts, left=offset, label=f"{split_dir(split)} ({counts.sum()})")
-        offset += counts
-    for y, value in enumerate(offset):
-        left.text(value, y, f" {int(value)}", va="center", fontsize=8)
-    left.invert_yaxis()
-    left.set_xlabel("patches")
-    left.set_title("Patches per tissue and split")
-    left.legend(loc="lower right")
-
-    width = 0.8 / max(1, len(splits))
-    x = np.arange(len(pim.NUCLEUS_CLASSES))
-    for k, split in enumerate(splits):
-        counts = [sum(int(r[5 + c]) for r in records if r[0] == split) for c in range(len(pim.NUCLEUS_CLASSES))]
-        bars = right.bar(x + (k - (len(splits) - 1) / 2) * width, counts, width, label=split_dir(split))
-        right.bar_label(bars, fontsize=7)
-    right.set_xticks(x, pim.NUCLEUS_CLASSES)
-    right.set_ylabel("nuclei")
-    right.set_title("Nuclei per class and split")
-    right.legend()
-    figure.suptitle(f"PanNuke export: {len(records)} patches")
-    figure.tight_layout()
-    figure.savefig(os.path.join(root, "statistics.png"), dpi=100)
-    plt.close(figure)
-
-
-def write_samples(root, dataset_dict, count=4):
-    """samples.png: a few patches of the first split with their colour masks and an overlay."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    split = next(iter(dataset_dict))
-    dataset = dataset_dict[split]
-    rows = sorted({int(i) for i in np.linspace(0, dataset.num_rows - 1, min(count, dataset.num_rows))})
-    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-    for line, position in zip(axes, rows):
-        example = dataset[position]
-        image = np.array(example["image"])
-        colour = COLORS[np.array(example["semantic_mask"])]
-        nuclei = colour.any(axis=-1, keepdims=True)
-        overlay = np.where(nuclei, (0.55 * image + 0.45 * colour).astype(np.uint8), image)
-        for axis, picture, title in zip(line, (image, colour, overlay), ("image", "colour mask", "overlay")):
-            axis.imshow(picture)
-            axis.set_title(f"{example['id']} {title}", fontsize=9)
-            axis.axis("off")
-    legend = ", ".join(f"{name} {tuple(COLORS[k + 1].tolist())}" for k, name in enumerate(pim.NUCLEUS_CLASSES))
-    figure.suptitle(f"{split_dir(split)} samples; {legend}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(os.path.join(root, "samples.png"), dpi=80)
-    plt.close(figure)
 
 
 def replace_tree(tmp, out):

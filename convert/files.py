@@ -194,6 +194,33 @@ class Text(File):
         return [problem] if problem else []
 
 
+class Lines(File):
+    """A UTF-8 file of one record a line, in order (a table); verify names each missing, changed or extra line."""
+
+    def __init__(self, path, lines):
+        super().__init__(path)
+        self.lines = lines  # each ending in "\n"
+
+    def chunks(self):
+        return ("".join(self.lines).encode(),)
+
+    def problems(self, path, cache):
+        try:
+            actual = _read(path).decode().splitlines(keepends=True)
+        except UnicodeDecodeError:
+            return ["is not UTF-8 text"]
+        if actual == self.lines:
+            return []
+        actual_set, expected_set = set(actual), set(self.lines)
+        problems = [f"row missing or changed: {line.rstrip()}" for line in self.lines if line not in actual_set]
+        problems += [f"unexpected row: {line.rstrip()[:300]}" for line in actual if line not in expected_set]
+        if problems:
+            return problems
+        if len(actual) != len(self.lines):
+            return [f"{len(actual)} rows, expected {len(self.lines)} (a row is repeated)"]
+        return ["rows not in the expected order"]
+
+
 class Json(File):
     """A JSON document; verify compares the parsed values, so that formatting does not matter."""
 

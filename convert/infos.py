@@ -19,7 +19,20 @@ from .common import CONFIGS, add_quiet_argument, command_parser, run_cli
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset_infos.json")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def checkout_infos_path(package_dir=PACKAGE_DIR):
+    """dataset_infos.json of the source checkout the package runs from; None in an installed copy.
+
+    A checkout holds pyproject.toml and pannuke_imagemask.py beside convert/ (an editable install runs from
+    there too); an installed copy sits in site-packages, where writing the file would change the install.
+    """
+    root = os.path.dirname(package_dir)
+    if all(os.path.isfile(os.path.join(root, name)) for name in ("pyproject.toml", "pannuke_imagemask.py")):
+        return os.path.join(root, "dataset_infos.json")
+    return None
+
 
 # Patches per tissue in official folds 1, 2, 3 (Gamper et al.; the types.npy of each fold).
 OFFICIAL_TISSUE_COUNTS = {
@@ -98,10 +111,16 @@ def render():
     return json.dumps(dataset_infos(), indent=4) + "\n"
 
 
-def check_data_dir(data_dir, path):
-    """(all equal, lines) comparing the default split sizes of the data in data_dir with those in path."""
-    with open(path) as f:
-        recorded = json.load(f)
+def check_data_dir(data_dir, path=None):
+    """(all equal, lines) comparing the default split sizes of the data in data_dir with those in path.
+
+    Without a path, with the official sizes (what dataset_infos.json records, computed here).
+    """
+    if path is None:
+        recorded = dataset_infos()
+    else:
+        with open(path) as f:
+            recorded = json.load(f)
     lines, ok = [], True
     available = {}
     for config in pim.PanNukeImageMask.BUILDER_CONFIGS:
@@ -125,11 +144,28 @@ def check_data_dir(data_dir, path):
 
 def _get_parser():
     parser = command_parser("infos", __doc__)
-    parser.add_argument("--out", default=DEFAULT_PATH, help="where to write (default: dataset_infos.json of the repo)")
+    parser.add_argument(
+        "--out",
+        help="where to write (default: dataset_infos.json of the checkout; an installed copy needs --out)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
-    parser.add_argument("--check-data-dir", metavar="DIR", help="compare the split sizes of your folds with --out")
+    parser.add_argument(
+        "--check-data-dir",
+        metavar="DIR",
+        help="compare the split sizes of your folds with the official ones (with those in --out, if given)",
+    )
     add_quiet_argument(parser)
     return parser
+
+
+def out_path(args):
+    """--out, or the checkout's dataset_infos.json; an installed copy refuses to write into site-packages."""
+    path = args.out or checkout_infos_path()
+    if path is None:
+        raise ValueError(
+            f"no checkout to hold dataset_infos.json ({PACKAGE_DIR} is an installed copy): pass --out PATH"
+        )
+    return path
 
 
 def infos(args):
@@ -137,17 +173,18 @@ def infos(args):
         ok, lines = check_data_dir(args.check_data_dir, args.out)
         print("\n".join(lines))
         return 0 if ok else 1
+    out = out_path(args)
     text = render()
     if args.check:
-        with open(args.out) as f:
+        with open(out) as f:
             current = f.read()
         if current != text:
-            print(f"{args.out} is stale: run `python -m convert infos`", file=sys.stderr)
+            print(f"{out} is stale: run `python -m convert infos`", file=sys.stderr)
             return 1
         return 0
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         f.write(text)
-    logger.info("wrote %s (%s)", args.out, ", ".join(CONFIGS))
+    logger.info("wrote %s (%s)", out, ", ".join(CONFIGS))
     return 0
 
 

@@ -1,8 +1,11 @@
 """Publish PanNuke to the Hugging Face Hub as Parquet plus a dataset card, or write that repository to --local-dir.
 
-Each config is built with the builder and pushed with DatasetDict.push_to_hub into its own folder
-(part1/, all/, folds/); the card README.md lists every config, `part1` first and default. The loading
-script is never uploaded: datasets >= 4 refuses repositories that hold one.
+Both write the same folder: each config's Parquet shards in a folder of its own (part1/, all/, folds/),
+named and cut as datasets' push_to_hub names and cuts them, the card README.md (every config the
+repository holds, `part1` first and default), id2label.json and preview.png. --local-dir moves that
+folder into place; otherwise one commit adds its files to the Hub repository and deletes the stale files
+of the configs pushed, so the other configs' files stay. The loading script is never uploaded: datasets
+>= 4 refuses repositories that hold one.
 """
 
 import argparse
@@ -17,26 +20,26 @@ import tempfile
 from importlib import resources
 
 import datasets
-import numpy as np
 import yaml
-from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, get_token
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, get_token
 
 import pannuke_imagemask as pim
 
 from . import __version__
 from .common import (
     CONFIGS,
+    NotEnoughSpaceError,
     add_source_arguments,
     build_from_args,
     check_free_space,
     command_parser,
     disk_bytes,
+    nuclei_per_class,
     refuse_non_empty,
     run_cli,
     staging_dir,
 )
-from .export import write_samples
+from .pictures import write_samples
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ CARD_FIELDS = {
 
 
 def config_entry(config, dataset_dict):
-    """The card's `configs` item for a config, with data files where push_to_hub puts them."""
+    """The card's `configs` item for a config: data files where write_shards puts them."""
     return {
         "config_name": config,
         "data_files": [{"split": split, "path": f"{config}/{split}-*"} for split in dataset_dict],
@@ -109,8 +112,7 @@ def split_statistics(dataset):
         column = batch["nuclei"].combine_chunks()
         empty += int((column.value_lengths().to_numpy(zero_copy_only=False) == 0).sum())
         labels = column.flatten().field("label").to_numpy(zero_copy_only=False)
-        for label, count in zip(*np.unique(labels, return_counts=True)):
-            nuclei[int(label)] += int(count)
+        nuclei = [a + b for a, b in zip(nuclei, nuclei_per_class(labels))]
     tissues = collections.Counter(pim.TISSUES[t] for t in dataset["tissue"])
     return nuclei, tissues, empty
 
@@ -153,9 +155,7 @@ def write_extras(folder, built):
     with open(os.path.join(folder, ID2LABEL), "w") as f:
         json.dump(id2label(), f, indent=2)
         f.write("\n")
-    first = next(iter(built.values()))
-    write_samples(folder, first)
-    os.replace(os.path.join(folder, "samples.png"), os.path.join(folder, PREVIEW))
+    write_samples(folder, next(iter(built.values())), file_name=PREVIEW)
 
 
 def _split_tables(metadata):
@@ -224,8 +224,12 @@ def card_for(args, built, existing):
     )
 
 
-def write_local_shards(dataset_dict, config, folder, max_shard_size):
-    """Parquet shards named and cut as push_to_hub names and cuts them (nothing to embed: images are bytes)."""
+def write_shards(dataset_dict, config, folder, max_shard_size):
+    """Parquet shards named as push_to_hub names them, cut by its rule (Arrow bytes / max shard size, plus one).
+
+    config/split-00000-of-0000N.parquet: the card's data_files (config_entry) match them. Nothing to embed:
+    the images are bytes already.
+    """
     max_bytes = datasets.utils.py_utils.convert_file_size_to_int(max_shard_size)
     target = os.path.join(folder, config)
     os.makedirs(target, exist_ok=True)
@@ -236,26 +240,62 @@ def write_local_shards(dataset_dict, config, folder, max_shard_size):
             shard.to_parquet(os.path.join(target, f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
 
 
-def _read_card_yaml(path):
+def build_configs(args, configs):
+    """{config: DatasetDict} of the configs asked for, in that order."""
+    return {config: build_from_args(_with_config(args, config))[0] for config in configs}
+
+
+def repository_bytes(built):
+    """Disk space the repository folder needs: Parquet of already-compressed PNG bytes takes about the Arrow size."""
+    return disk_bytes(ds.data.nbytes for dd in built.values() for ds in dd.values())
+
+
+def write_repository(folder, args, built):
+    """The data of the repository folder: every config's shards, id2label.json, preview.png (the card comes last)."""
+    for config, dataset_dict in built.items():
+        write_shards(dataset_dict, config, folder, args.max_shard_size)
+    write_extras(folder, built)
+
+
+def write_card(folder, args, built, existing):
+    """README.md of the repository folder: this run's configs merged into the existing card's metadata."""
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(card_for(args, built, existing))
+
+
+def read_card_metadata(path):
+    """The YAML metadata of a card file as a dict."""
     with open(path) as f:
         return DatasetCard(f.read()).data.to_dict()
+
+
+def folder_files(folder):
+    """Every file under folder as a repository path (posix), sorted."""
+    return sorted(
+        os.path.relpath(os.path.join(d, name), folder).replace(os.sep, "/")
+        for d, _, names in os.walk(folder)
+        for name in names
+    )
+
+
+def commit_operations(folder, repo_files, configs):
+    """Add every file of the folder; delete the pushed configs' files in the repository that it no longer holds."""
+    new = folder_files(folder)
+    stale = sorted(path for path in set(repo_files) - set(new) if "/" in path and path.split("/", 1)[0] in configs)
+    return [CommitOperationAdd(path, os.path.join(folder, path)) for path in new] + [
+        CommitOperationDelete(path) for path in stale
+    ]
 
 
 def push_local(args, configs):
     local_dir = os.path.abspath(args.local_dir)
     refuse_non_empty(local_dir, args.force, "update")
-    built = {config: build_from_args(_with_config(args, config))[0] for config in configs}
-    # Parquet of already-compressed PNG bytes takes about what the Arrow tables take.
-    check_free_space(local_dir, disk_bytes(ds.data.nbytes for dd in built.values() for ds in dd.values()))
+    built = build_configs(args, configs)
+    check_free_space(local_dir, repository_bytes(built))
     with staging_dir(local_dir) as tmp:
-        for config, dataset_dict in built.items():
-            write_local_shards(dataset_dict, config, tmp, args.max_shard_size)
+        write_repository(tmp, args, built)
         card_path = os.path.join(local_dir, "README.md")
-        existing = _read_card_yaml(card_path) if os.path.exists(card_path) else None
-        card = card_for(args, built, existing)
-        with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(card)
-        write_extras(tmp, built)
+        write_card(tmp, args, built, read_card_metadata(card_path) if os.path.exists(card_path) else None)
         os.makedirs(local_dir, exist_ok=True)
         for name in sorted(os.listdir(tmp)):  # config folders and the card replace theirs; others stay
             destination = os.path.join(local_dir, name)
@@ -267,36 +307,32 @@ def push_local(args, configs):
 
 
 def push_hub(args, configs, token):
+    """The --local-dir folder, written to a temporary folder, then committed to the Hub in one commit."""
     api = HfApi(token=token)
-    built = {}
-    for config in configs:
-        dataset_dict, _ = build_from_args(_with_config(args, config))
-        dataset_dict.push_to_hub(
-            args.repo_id,
-            config_name=config,
-            set_default=config == "part1",
-            max_shard_size=args.max_shard_size,
-            private=args.private,
-            token=token,
-            commit_message=f"Upload config {config} (pannuke-imagemask {__version__})",
-        )
-        built[config] = dataset_dict
-    try:
-        card_file = api.hf_hub_download(args.repo_id, "README.md", repo_type="dataset")
-        existing = _read_card_yaml(card_file)
-    except EntryNotFoundError:
+    built = build_configs(args, configs)
+    with tempfile.TemporaryDirectory(prefix="pannuke-imagemask-push.") as tmp:
+        try:
+            check_free_space(tmp, repository_bytes(built))
+        except NotEnoughSpaceError as exc:
+            hint = "push stages the repository folder there first: set TMPDIR to a folder with room"
+            raise NotEnoughSpaceError(exc.errno, f"{exc.strerror}; {hint}") from None
+        write_repository(tmp, args, built)
+        # The card merges with the repository's: read it at a revision, commit on top of that revision only
+        # (parent_commit), so that a concurrent push of another config is refused, not silently undone.
+        api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True)
+        revision = api.repo_info(args.repo_id, repo_type="dataset").sha
+        repo_files = api.list_repo_files(args.repo_id, repo_type="dataset", revision=revision)
         existing = None
-    card = card_for(args, built, existing)
-    with tempfile.TemporaryDirectory() as extras:
-        write_extras(extras, built)
-        operations = [CommitOperationAdd("README.md", card.encode())] + [
-            CommitOperationAdd(name, os.path.join(extras, name)) for name in (ID2LABEL, PREVIEW)
-        ]
+        if "README.md" in repo_files:
+            card = api.hf_hub_download(args.repo_id, "README.md", repo_type="dataset", revision=revision)
+            existing = read_card_metadata(card)
+        write_card(tmp, args, built, existing)
         api.create_commit(
             repo_id=args.repo_id,
             repo_type="dataset",
-            operations=operations,
-            commit_message=f"Dataset card, {ID2LABEL} and {PREVIEW} (pannuke-imagemask {__version__})",
+            operations=commit_operations(tmp, repo_files, configs),
+            commit_message=f"Upload {', '.join(configs)} (pannuke-imagemask {__version__})",
+            parent_commit=revision,
         )
     logger.info("pushed %s (%s)", args.repo_id, ", ".join(configs))
     return 0
@@ -314,8 +350,9 @@ def _get_parser():
         f"says {REPO_ID_PLACEHOLDER} and how to replace it)",
     )
     add_source_arguments(parser, several_configs=True)
-    parser.add_argument("--all-configs", action="store_true", help="push part1, all and folds")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument(
+        "--private", action="store_true", help="create the repository as private (an existing one keeps its visibility)"
+    )
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest Parquet shard")
     parser.add_argument("--local-dir", help="write the repository folder here instead of pushing (no network)")
     parser.add_argument("--force", action="store_true", help="update a non-empty --local-dir")
@@ -323,9 +360,7 @@ def _get_parser():
 
 
 def push(args):
-    if args.all_configs and args.config:
-        raise ValueError("--config and --all-configs exclude each other")
-    configs = CONFIGS if args.all_configs else list(dict.fromkeys(args.config or ["part1"]))
+    configs = list(dict.fromkeys(args.config or ["part1"]))
     if args.repo_id is not None and "/" not in args.repo_id:
         raise ValueError(f"--repo-id must be OWNER/NAME, got {args.repo_id!r}")
     datasets.utils.py_utils.convert_file_size_to_int(args.max_shard_size)  # a bad size fails before any work

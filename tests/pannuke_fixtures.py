@@ -20,7 +20,7 @@ SHARED_REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "pan
 PART1_PATCHES = 24
 THREE_FOLD_PATCHES = {1: 24, 2: 22, 3: 23}
 REPORTS = ("export.json", "samples.png", "statistics.png")  # what export writes beside the format's files
-REPO_ID = "pathology-lab/pannuke-imagemask"
+HUB_REPO_ID = "pathology-lab/pannuke-imagemask"  # the id local_repo's card names
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def local_repo(tmp_path_factory, kaggle_part1, cache):
     from convert.__main__ import main
 
     out = tmp_path_factory.mktemp("hub") / "repo"
-    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
+    argv = ["push", "--repo-id", HUB_REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
     assert main([*argv, "--quiet"]) == 0
     return out
 

@@ -81,3 +81,20 @@ def reference_labels(mask):
 def reference_image(image):
     """uint8 RGB from the raw float64 image: nearest integer, ties to even."""
     return np.round(np.asarray(image)).astype(np.uint8)
+
+
+def reference_mask(style, mask):
+    """The imagemask export's mask of a style, from the raw float64 (H, W, 6) mask, by the format doc."""
+    semantic, instance, _ = reference_labels(mask)
+    if style == "color":
+        colour = np.zeros(semantic.shape + (3,), dtype=np.uint8)
+        for value, rgb in enumerate(PALETTE):
+            colour[semantic == value] = rgb
+        return colour
+    if style == "semantic":
+        return semantic
+    if style == "binary":
+        return (semantic > 0).astype(np.uint8) * 255
+    if style == "instance":
+        return instance
+    raise ValueError(style)

@@ -49,7 +49,7 @@ def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
         ("verify", "--num-proc"): "1",
         **{("push", option): value for option, value in SOURCE_DEFAULTS.items()},
         ("push", "--max-shard-size"): "500MB",
-        ("infos", "--out"): "dataset_infos.json of the repo",
+        ("infos", "--out"): "dataset_infos.json of the checkout; an installed copy needs --out",
         **{("evaluate", option): value for option, value in SOURCE_DEFAULTS.items()},
     }
     assert shown == expected

@@ -38,10 +38,17 @@ def test_every_lean_python_block_runs(name, local_repo, kaggle_part1, three_fold
     run_blocks(lean, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)
 
 
-def test_the_readme_shows_loading_and_building():
+def test_the_readme_shows_loading_building_and_the_imagefolder_line():
     blocks = python_blocks(_read("README.md"))
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert 'load_dataset("OWNER/NAME", "part1")' in blocks[0] and "build(" in blocks[1]
+    assert 'load_dataset("imagefolder", data_dir="pannuke-imagemask")' in blocks[2]
+
+
+def test_docs_formats_shows_the_imagefolder_line():
+    text = _read("docs/formats.md")
+    block = python_blocks(text[text.index("## `imagemask`") : text.index("## `coco`")])[0]
+    assert 'ds = load_dataset("imagefolder", data_dir="pannuke-imagemask")' in block
 
 
 def test_needs_consumer_tier_reads_imports_only():

@@ -1,6 +1,5 @@
 """python -m convert export / verify: file sets, pixels of every mask style, metadata, safety, verify."""
 
-import csv
 import errno
 import hashlib
 import json
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from pannuke_fixtures import PART1_PATCHES, part1_members, raw_fold, run_export
 from PIL import Image
-from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
+from reference import reference_image, reference_labels, reference_mask, reference_split
 
 import pannuke_imagemask as pim
 from convert import __version__, common
@@ -26,8 +25,6 @@ from convert.sample import SAMPLE_PATCHES, fake_tissues, write_fold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The colours of the issue, written out here rather than imported: background black, then the classes.
-SCREEN_COLOURS = {0: (0, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255), 3: (255, 0, 0), 4: (0, 255, 255), 5: (255, 255, 0)}
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 
 
@@ -51,17 +48,7 @@ def _tree_digest(root):
 
 
 def _expected_mask(style, raw_mask):
-    semantic, instance, _ = reference_labels(np.asarray(raw_mask))
-    if style == "color":
-        colour = np.zeros(semantic.shape + (3,), dtype=np.uint8)
-        for value, rgb in SCREEN_COLOURS.items():
-            colour[semantic == value] = rgb
-        return colour
-    if style == "semantic":
-        return semantic
-    if style == "binary":
-        return (semantic > 0).astype(np.uint8) * 255
-    return instance
+    return reference_mask(style, np.asarray(raw_mask))
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +59,6 @@ def color_tree(export_tree):
 def test_file_sets_per_split_are_the_builders_splits(color_tree):
     assert sorted(os.listdir(color_tree)) == [
         "export.json",
-        "metadata.csv",
         "samples.png",
         "statistics.png",
         "test",
@@ -81,7 +67,7 @@ def test_file_sets_per_split_are_the_builders_splits(color_tree):
     ]
     for split, members in _expected_splits().items():
         ids = sorted(f"fold{f}_{i:05d}" for f, i in members)
-        assert sorted(os.listdir(color_tree / split)) == ["images", "masks"]
+        assert sorted(os.listdir(color_tree / split)) == ["images", "masks", "metadata.jsonl"]
         assert sorted(os.listdir(color_tree / split / "images")) == [f"{i}.png" for i in ids]
         assert sorted(os.listdir(color_tree / split / "masks")) == [f"{i}.png" for i in ids]
 
@@ -102,7 +88,7 @@ def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tr
         assert image.getpixel((0, 0)) == (255, 0, 0)
 
 
-@pytest.mark.parametrize("style, mode", [("semantic", "P"), ("binary", "L"), ("instance", "I;16")])
+@pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
 def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, cache, tmp_path):
     out = tmp_path / style
     assert _export(out, kaggle_part1, cache, "--mask-style", style) == 0
@@ -110,9 +96,7 @@ def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, ca
     for split, members in _expected_splits().items():
         for _, index in members:
             with Image.open(out / split / "masks" / f"fold1_{index:05d}.png") as mask:
-                assert mask.mode == mode
-                if mode == "P":
-                    assert palette_of(mask) == PALETTE
+                assert mask.mode == mode and mask.palette is None  # plain greyscale: no palette to misread
                 np.testing.assert_array_equal(np.array(mask), _expected_mask(style, masks[index]))
     assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
 
@@ -131,34 +115,34 @@ def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache
                 np.testing.assert_array_equal(np.array(image), np.array(lanczos))
             with Image.open(out / split / "masks" / name) as mask:
                 small = np.array(mask)
-                if style == "semantic":  # the same palette PNG as the builder's, at any size
-                    assert mask.mode == "P" and palette_of(mask) == PALETTE
+                assert mask.mode == {"color": "RGB", "semantic": "L", "instance": "I;16"}[style]
             native = _expected_mask(style, masks[index])
             # Halving by nearest neighbour samples the centre of each 2x2 block: rows and columns 1, 3, 5, ...
             np.testing.assert_array_equal(small, native[1::2, 1::2])
     assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
 
 
-def test_metadata_csv_lists_every_patch(color_tree, kaggle_part1):
+def test_each_split_has_a_metadata_jsonl_listing_every_patch(color_tree, kaggle_part1):
     _, masks, tissues = raw_fold(kaggle_part1)
-    with open(color_tree / "metadata.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == (
-        ["split", "id", "fold", "index", "tissue"] + [f"n_{c}" for c in CLASS_NAMES] + ["n_nuclei", "image", "mask"]
-    )
-    expected = []
     for split, members in _expected_splits().items():
+        text = (color_tree / split / "metadata.jsonl").read_text()
+        expected = []
         for fold, index in sorted(members):
             nuclei = reference_labels(np.asarray(masks[index]))[2]
-            counts = [sum(1 for n in nuclei if n["label"] == c) for c in range(5)]
             pid = f"fold{fold}_{index:05d}"
-            expected.append(
-                [split, pid, str(fold), str(index), tissues[index]]
-                + [str(c) for c in counts]
-                + [str(len(nuclei)), f"{split}/images/{pid}.png", f"{split}/masks/{pid}.png"]
-            )
-    assert [list(r.values()) for r in rows] == expected
-    assert [r["split"] for r in rows] == ["train"] * 19 + ["valid"] * 4 + ["test"]
+            row = {"image_file_name": f"images/{pid}.png", "mask_file_name": f"masks/{pid}.png", "id": pid}
+            row.update({"fold": fold, "index": index, "tissue": tissues[index]})
+            row.update({f"n_{c}": sum(1 for n in nuclei if n["label"] == k) for k, c in enumerate(CLASS_NAMES)})
+            expected.append({**row, "n_nuclei": len(nuclei)})
+        lines = text.splitlines()
+        assert [json.loads(line) for line in lines] == expected
+        assert [list(json.loads(line)) for line in lines] == [list(row) for row in expected]  # column order
+        assert text.endswith("\n") and "\r" not in text
+    assert [len((color_tree / s / "metadata.jsonl").read_text().splitlines()) for s in ("train", "valid", "test")] == [
+        19,
+        4,
+        1,
+    ]
 
 
 def test_export_json_records_every_option(color_tree, kaggle_part1):
@@ -215,8 +199,10 @@ def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_pat
     Image.fromarray(mask).save(mask_path)
     (tree / "valid" / "images" / min(os.listdir(tree / "valid" / "images"))).unlink()
     (tree / "test" / "images" / "fold1_99999.png").write_bytes(b"rogue")
-    lines = (tree / "metadata.csv").read_text().splitlines()
-    (tree / "metadata.csv").write_text("\n".join(lines[:-1]) + "\n")
+    metadata = tree / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines()
+    changed = lines[3].replace('"n_nuclei": ', '"n_nuclei": 1')
+    metadata.write_text("\n".join(lines[:3] + [changed] + lines[4:-1]) + "\n")
 
     assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
     out, err = capsys.readouterr()
@@ -225,9 +211,11 @@ def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_pat
         f"valid/images/{missing}.png: missing",
         "test/images/fold1_99999.png: not part of the export",
         "train/masks/fold1_00000.png: 1 of 65536 pixels differ",
-        "metadata.csv: row missing or changed: " + lines[-1],
+        "train/metadata.jsonl: row missing or changed: " + lines[3],
+        "train/metadata.jsonl: row missing or changed: " + lines[-1],
+        "train/metadata.jsonl: unexpected row: " + changed,
     ]
-    assert err.strip().endswith(f"{tree}: 4 difference(s) in {PART1_PATCHES} patches")
+    assert err.strip().endswith(f"{tree}: 6 difference(s) in {PART1_PATCHES} patches")
 
 
 def test_existing_output_is_refused_without_force_and_left_unchanged(color_tree, kaggle_part1, cache, capsys):
@@ -305,7 +293,7 @@ def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
         )
         == 0
     )
-    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".csv", ".png"))) == [
+    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == [
         "fold1",
         "fold2",
         "fold3",
@@ -400,15 +388,16 @@ def test_too_little_free_space_is_refused_before_writing(previous_tree, kaggle_p
     out, before = previous_tree
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
-    assert _export(out, kaggle_part1, cache, "--mask-style", "semantic", "--force") == 1
-    # Every file's size is known: the builder's image and semantic PNGs, each in whole 4 KB blocks,
-    # plus metadata.csv (under 200 bytes a row) and 8 MB for the reports.
+    assert _export(out, kaggle_part1, cache, "--mask-style", "instance", "--force") == 1
+    # Every file's size is known: the builder's image and instance PNGs (copied as they are), each in
+    # whole 4 KB blocks, plus each split's metadata.jsonl (under 400 bytes a row) and 8 MB for the reports.
     dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
     blocks = 0
     for dataset in dataset_dict.values():
         for row in undecoded(dataset):
-            blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "semantic_mask"))
-    needed = blocks * 4096 + 4096 * -(-200 * (PART1_PATCHES + 1) // 4096) + (8 << 20)
+            blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "instance_mask"))
+        blocks += -(-400 * dataset.num_rows // 4096)
+    needed = blocks * 4096 + (8 << 20)
     assert capsys.readouterr().err == (
         f"pannuke-imagemask export: error: {out}: not enough free space: needs about {needed / 1e6:.1f} MB, "
         "5.0 KB available; with --force the old tree stays until the new one is complete, so there must be "

@@ -2,13 +2,24 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 from pannuke_fixtures import part1_members
 from PIL import Image
 
+import pannuke_imagemask as pim
+
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+
+
+def test_coco_contributors_are_spelled_as_in_the_citation(export_tree):
+    authors = re.findall(r"author\s*=\s*\{(.*?)\},", pim._CITATION, re.DOTALL)
+    surnames = {name.split(",")[0].strip() for field in authors for name in re.split(r"\s+and\s+", field)}
+    info = json.loads((export_tree("coco") / "annotations" / "instances_train.json").read_text())["info"]
+    assert info["contributor"] == "Gamper, Koohbanani, Benet, Graham, Jahanifar, Khurram, Azam, Hewitt, Rajpoot"
+    assert set(info["contributor"].split(", ")) <= surnames
 
 
 def test_coco_files_load_and_every_annotation_is_its_nucleus(export_tree, part1_patches):

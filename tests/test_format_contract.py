@@ -200,7 +200,11 @@ DAMAGED = {
     },
     "coco": {"train/images/100000.png": ("png", *RGB), "annotations/instances_train.json": ("json", "an object")},
     "hovernet": {"train/fold1_00000.npy": ("npy", "int32", (256, 256, 5)), "type_info.json": ("json", "an object")},
-    "imagemask": {"train/images/fold1_00000.png": ("png", *RGB), "train/masks/fold1_00000.png": ("png", *RGB)},
+    "imagemask": {
+        "train/images/fold1_00000.png": ("png", *RGB),
+        "train/masks/fold1_00000.png": ("png", *RGB),
+        "train/metadata.jsonl": ("rows",),
+    },
     "nnunet": {
         "imagesTr/fold1_00000_0000.png": ("png", *RGB),
         "labelsTr/fold1_00000.png": ("png", "L", (256, 256)),
@@ -233,7 +237,7 @@ def _damage(kind, damage, data):
     elif damage == "garbage":
         new = GARBAGE
     elif damage == "truncated":
-        new = _first_line_only(data) if kind in ("text", "yaml") else data[: len(data) // 2]
+        new = _first_line_only(data) if kind in ("text", "rows", "yaml") else data[: len(data) // 2]
     else:  # another file of the same family: a tiny PNG, a float32 .npy, the other JSON/YAML container
         new = {"png": _png_1x1(), "jpeg": _png_1x1(), "npy": _npy_float32(), "label": _npy_float32()}.get(kind)
         if new is None:
@@ -258,6 +262,12 @@ def _damage(kind, damage, data):
         )
     elif damage == "garbage":
         message = "is not UTF-8 text"
+    elif kind == "rows":  # a table, one row a line: each row not found is named, then each foreign one
+        rows = data.decode().splitlines()
+        kept = {"empty": 0, "truncated": 1, "other": 0}[damage]
+        return new, [f"row missing or changed: {row}" for row in rows[kept:]] + (
+            ["unexpected row: - a"] if damage == "other" else []
+        )
     elif kind == "text":
         lines = data.decode().split("\n")
         wanted = lines[1] if damage == "truncated" else lines[0]

@@ -1,9 +1,11 @@
-"""A non-editable install: the console script works from any folder and no generic `convert` package is installed."""
+"""A non-editable install: the console script works from any folder, no generic `convert` package is installed,
+and `infos` does not write into site-packages."""
 
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +56,20 @@ def test_install_has_a_unique_import_name_and_a_working_console_script(tmp_path)
         if "__pycache__" not in d
     )
     assert shipped == source  # every module, every format, the card template
+
+    # infos is a maintainer's tool: installed, its default would be site-packages/dataset_infos.json.
+    # The dependencies come from this interpreter's site-packages, after the install's own.
+    with open(os.path.join(site.stdout.strip(), "test-dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    script = str(env_dir / "bin" / "pannuke-imagemask")
+    refused = subprocess.run([script, "infos"], check=False, **run)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        f"pannuke-imagemask infos: error: no checkout to hold dataset_infos.json ({package} is an installed copy): "
+        "pass --out PATH\n"
+    )
+    assert not os.path.exists(os.path.join(site.stdout.strip(), "dataset_infos.json"))
+    written = subprocess.run([script, "infos", "--out", str(elsewhere / "infos.json"), "--quiet"], check=False, **run)
+    assert written.returncode == 0, written.stderr
+    with open(os.path.join(ROOT, "dataset_infos.json")) as f:
+        assert (elsewhere / "infos.json").read_text() == f.read()

@@ -1,27 +1,30 @@
-"""python -m convert push / infos: the Hub repository layout, the card, dataset_infos.json, round trips."""
+"""python -m convert push: the Hub repository folder, its card, and its commit to a stand-in of the Hub."""
 
 import collections
+import filecmp
+import fnmatch
+import inspect
 import json
 import os
 import re
 import shutil
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
 import datasets
 import numpy as np
 import pytest
 from blocks import needs_consumer_tier, python_blocks, run_blocks
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard
-from pannuke_fixtures import REPO_ID, raw_fold, real_types
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
+from pannuke_fixtures import HUB_REPO_ID as REPO_ID
+from pannuke_fixtures import raw_fold
 from PIL import Image
 from reference import PALETTE, palette_of, reference_labels, reference_split
 
 import pannuke_imagemask as pim
-from convert import infos as infos_module
+from convert import __version__
 from convert.__main__ import main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _files(root):
@@ -221,9 +224,34 @@ def test_push_without_repo_id_or_local_dir_is_a_usage_error(kaggle_part1, tmp_pa
     assert not (tmp_path / "cache").exists()
 
 
-def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
+def test_configs_are_chosen_with_config_only(kaggle_part1, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--data-dir", kaggle_part1, "--local-dir", str(tmp_path / "repo"), "--all-configs"])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.splitlines()[-1]
+        == "pannuke-imagemask push: error: unrecognized arguments: --all-configs"
+    )
+
+
+def _assert_card_data_files_are_the_shards(folder):
+    """Each data_files pattern of the card matches shards of its split only, and every shard is matched once."""
+    shards = [f for f in _files(folder) if f.endswith(".parquet")]
+    matched = []
+    for config in DatasetCard.load(os.path.join(folder, "README.md")).data.to_dict()["configs"]:
+        for entry in config["data_files"]:
+            found = [f for f in shards if fnmatch.fnmatchcase(f, entry["path"])]
+            assert found and all(
+                re.fullmatch(rf"{entry['split']}-\d{{5}}-of-\d{{5}}\.parquet", f.split("/")[1]) for f in found
+            )
+            matched += found
+    assert sorted(matched) == shards
+
+
+def test_every_config_to_local_dir(three_folds, cache, tmp_path):
     out = tmp_path / "repo"
-    argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, "--all-configs", "--local-dir", str(out)]
+    configs = ["--config", "part1", "all", "--config", "folds"]  # one --config or several
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, *configs, "--local-dir", str(out)]
     assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
     assert sorted(os.listdir(out)) == ["README.md", "all", "folds", "id2label.json", "part1", "preview.png"]
     assert sorted(os.listdir(out / "folds")) == [
@@ -234,33 +262,11 @@ def test_all_configs_to_local_dir(three_folds, cache, tmp_path):
     data = DatasetCard.load(out / "README.md").data.to_dict()
     assert [c["config_name"] for c in data["configs"]] == ["part1", "all", "folds"]
     assert [c.get("default", False) for c in data["configs"]] == [True, False, False]
+    _assert_card_data_files_are_the_shards(out)
     loaded = datasets.load_dataset(str(out), "folds", cache_dir=str(tmp_path / "load"))
     _assert_same_rows(loaded, pim.build("folds", data_dir=three_folds, cache_dir=cache))
     # Nothing from the project's code goes to the Hub: datasets >= 4 refuses a repo with a script.
     assert not [f for f in _files(out) if f.endswith(".py")]
-
-
-def test_small_max_shard_size_cuts_shards_like_push_to_hub(kaggle_part1, cache, tmp_path):
-    out = tmp_path / "repo"
-    argv = [
-        "push",
-        "--repo-id",
-        REPO_ID,
-        "--data-dir",
-        kaggle_part1,
-        "--local-dir",
-        str(out),
-        "--max-shard-size",
-        "1MB",
-    ]
-    assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
-    train = sorted(f for f in os.listdir(out / "part1") if f.startswith("train-"))
-    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
-    expected = int(built["train"].data.nbytes / 1_000_000) + 1
-    assert expected > 1
-    assert train == [f"train-{i:05d}-of-{expected:05d}.parquet" for i in range(expected)]
-    loaded = datasets.load_dataset(str(out), "part1", cache_dir=str(tmp_path / "load"))
-    assert loaded["train"]["id"] == built["train"]["id"]
 
 
 def test_local_dir_is_not_overwritten_without_force(local_repo, kaggle_part1, cache, capsys):
@@ -285,112 +291,177 @@ def test_missing_token_fails_in_one_line_before_building(tmp_path, monkeypatch, 
     assert not cache.exists()
 
 
-# --- the real push_to_hub code path, against a folder ----------------------------------------------
+# --- the Hub: a stand-in for the public HfApi calls push makes ---------------------------------------
+
+TOKEN = "hf_test_token_not_real"
 
 
-class FolderHubApi:
-    """A stand-in for huggingface_hub.HfApi that applies each commit to a local folder laid out as the repo.
+class FolderHub:
+    """huggingface_hub.HfApi as `convert push` calls it, on a local folder laid out as the Hub repository.
 
-    It implements only the calls DatasetDict.push_to_hub and `convert push` make. The repository
-    revision is a counter of commits, so push_to_hub's parent_commit checks see a real history.
+    It receives only the public calls push makes (create_repo, repo_info, list_repo_files, hf_hub_download,
+    create_commit), each checked against HfApi's own signature. As on the Hub: a new repository holds
+    .gitattributes, each commit makes a revision, a commit whose parent is not the head is refused, a commit
+    applies all its operations or none, and deleting a file the repository does not hold is an error.
     """
 
-    root = None
-    commits: ClassVar[list] = []
-    staged: ClassVar[dict] = {}
+    def __init__(self, root, downloads):
+        self.root, self.downloads = str(root), str(downloads)
+        self.commits = []  # (message, [("add" | "delete", path), ...])
+        self.private = None
 
-    def __init__(self, *args, **kwargs):
-        pass
+    def __call__(self, token=None, **kwargs):  # convert.push calls HfApi(token=...)
+        assert token == TOKEN
+        return self
 
-    @classmethod
-    def revision(cls):
-        return f"{len(cls.commits):040d}"
+    @staticmethod
+    def _check(name, *args, **kwargs):
+        inspect.signature(getattr(HfApi, name)).bind(None, *args, **kwargs)  # a TypeError if HfApi takes no such call
+        assert kwargs.get("repo_type") == "dataset"
 
-    def repo_info(self, repo_id, repo_type=None, revision=None, **kwargs):
-        return SimpleNamespace(id=repo_id, sha=self.revision())
+    @property
+    def head(self):
+        return f"{len(self.commits):040x}"
 
     def create_repo(self, repo_id, **kwargs):
-        os.makedirs(self.root, exist_ok=True)
-        return SimpleNamespace(repo_id=repo_id)
+        self._check("create_repo", repo_id, **kwargs)
+        if os.path.isdir(self.root):
+            assert kwargs.get("exist_ok")
+            return
+        os.makedirs(self.root)
+        (Path(self.root) / ".gitattributes").write_text("*.parquet filter=lfs diff=lfs merge=lfs -text\n")
+        self.private = bool(kwargs.get("private"))
+        self.commits.append(("initial commit", [("add", ".gitattributes")]))
 
-    def preupload_lfs_files(self, repo_id, additions, **kwargs):
-        # The Hub receives LFS content here; push_to_hub deletes its temporary files right after.
-        staging = os.path.join(os.path.dirname(self.root), "lfs-staging")
-        os.makedirs(staging, exist_ok=True)
-        for addition in additions:
-            staged = os.path.join(staging, addition.path_in_repo.replace("/", "__"))
-            shutil.copyfile(addition.path_or_fileobj, staged)
-            FolderHubApi.staged[addition.path_in_repo] = staged
+    def repo_info(self, repo_id, **kwargs):
+        self._check("repo_info", repo_id, **kwargs)
+        return SimpleNamespace(id=repo_id, sha=self.head, private=self.private)
 
-    def create_commit(self, repo_id, operations, commit_message=None, parent_commit=None, **kwargs):
-        assert parent_commit in (None, self.revision())
+    def list_repo_files(self, repo_id, **kwargs):
+        self._check("list_repo_files", repo_id, **kwargs)
+        assert kwargs.get("revision") == self.head
+        return _files(self.root)
+
+    def hf_hub_download(self, repo_id, filename, **kwargs):
+        self._check("hf_hub_download", repo_id, filename, **kwargs)
+        assert kwargs.get("revision") == self.head
+        copy = os.path.join(self.downloads, kwargs["revision"], filename)  # a cached copy, as the client gives
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        shutil.copyfile(os.path.join(self.root, filename), copy)
+        return copy
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self._check("create_commit", repo_id, operations, **kwargs)
+        if kwargs.get("parent_commit") not in (None, self.head):
+            raise ValueError(f"parent commit {kwargs['parent_commit']} is not the head {self.head}")
+        done = []
+        for op in operations:  # checked first: nothing is applied unless everything can be
+            if isinstance(op, CommitOperationAdd):
+                assert isinstance(op.path_or_fileobj, str) and os.path.isfile(op.path_or_fileobj)
+                done.append(("add", op.path_in_repo))
+            else:
+                assert isinstance(op, CommitOperationDelete)
+                if not os.path.isfile(os.path.join(self.root, op.path_in_repo)):
+                    raise FileNotFoundError(f"{op.path_in_repo}: not in the repository")
+                done.append(("delete", op.path_in_repo))
         for op in operations:
             target = os.path.join(self.root, op.path_in_repo)
             if isinstance(op, CommitOperationAdd):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                source = FolderHubApi.staged.pop(op.path_in_repo, op.path_or_fileobj)
-                if isinstance(source, bytes):
-                    with open(target, "wb") as f:
-                        f.write(source)
-                else:
-                    shutil.copyfile(source, target)
-            elif isinstance(op, CommitOperationDelete):
+                shutil.copyfile(op.path_or_fileobj, target)
+            else:
                 os.remove(target)
-        FolderHubApi.commits.append((commit_message, [op.path_in_repo for op in operations]))
-        return SimpleNamespace(oid=self.revision(), commit_url="folder://" + self.root)
-
-    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message=None, **kwargs):
-        return self.create_commit(repo_id, [CommitOperationAdd(path_in_repo, path_or_fileobj)], commit_message)
-
-    def hf_hub_download(self, repo_id, filename, **kwargs):
-        path = os.path.join(self.root, filename)
-        if not os.path.exists(path):
-            from huggingface_hub.errors import EntryNotFoundError
-
-            raise EntryNotFoundError(f"{filename} not in the folder repo")
-        return path
+                if not os.listdir(os.path.dirname(target)):  # git has no empty folders
+                    os.rmdir(os.path.dirname(target))
+        self.commits.append((kwargs["commit_message"], done))
+        return SimpleNamespace(oid=self.head, commit_url=f"file://{self.root}")
 
 
-def folder_hub_file_system(root, repo_id):
-    """A stand-in for HfFileSystem: 'datasets/<repo_id>@<revision>/...' paths resolve into the folder."""
-    from fsspec.implementations.dirfs import DirFileSystem
-    from fsspec.implementations.local import LocalFileSystem
-
-    class FolderHubFileSystem(DirFileSystem):
-        def __init__(self, *args, **kwargs):
-            links = os.path.join(os.path.dirname(root), "resolved", "datasets", os.path.dirname(repo_id))
-            os.makedirs(links, exist_ok=True)
-            link = os.path.join(links, f"{os.path.basename(repo_id)}@{FolderHubApi.revision()}")
-            if not os.path.lexists(link):
-                os.symlink(root, link)
-            super().__init__(path=os.path.join(os.path.dirname(root), "resolved"), fs=LocalFileSystem())
-
-    return FolderHubFileSystem
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A FolderHub at tmp_path/hub that convert.push talks to, with a token."""
+    folder_hub = FolderHub(tmp_path / "hub", tmp_path / "hub-downloads")
+    monkeypatch.setattr("convert.push.HfApi", folder_hub)
+    monkeypatch.setattr("convert.push.get_token", lambda: TOKEN)
+    return folder_hub
 
 
-def test_push_to_hub_code_path_writes_the_same_repository(local_repo, kaggle_part1, cache, tmp_path, monkeypatch):
-    hub_root = str(tmp_path / "hub" / "repo")
-    monkeypatch.setattr(FolderHubApi, "root", hub_root)
-    monkeypatch.setattr(FolderHubApi, "commits", [])
-    monkeypatch.setattr(FolderHubApi, "staged", {})
-    for module in ("datasets.dataset_dict", "datasets.arrow_dataset", "convert.push"):
-        monkeypatch.setattr(f"{module}.HfApi", FolderHubApi)
-    monkeypatch.setattr("datasets.dataset_dict.HfFileSystem", folder_hub_file_system(hub_root, REPO_ID))
-    monkeypatch.setattr("convert.push.get_token", lambda: "hf_test_token_not_real")
+def _hub_push(cache, data_dir, *extra):
+    return main(["push", "--repo-id", REPO_ID, "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
 
-    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--cache-dir", cache, "--private", "--quiet"]
-    assert main(argv) == 0
-    assert _files(hub_root) == _files(local_repo)
-    assert [message for message, _ in FolderHubApi.commits] == [
-        "Upload config part1 (pannuke-imagemask 1.2.0)",
-        "Dataset card, id2label.json and preview.png (pannuke-imagemask 1.2.0)",
+
+def _same_trees(hub_root, local):
+    """The files of the Hub repository, which must be those of the local folder with the same bytes.
+
+    Only the .gitattributes the Hub adds to every repository is the Hub's own.
+    """
+    names = [name for name in _files(hub_root) if name != ".gitattributes"]
+    assert names == _files(local)
+    differ = [n for n in names if not filecmp.cmp(os.path.join(hub_root, n), os.path.join(local, n), shallow=False)]
+    assert differ == []
+    return names
+
+
+def test_push_commits_exactly_the_local_dir_folder(hub, local_repo, kaggle_part1, cache, tmp_path):
+    assert _hub_push(cache, kaggle_part1, "--private") == 0
+    names = _same_trees(hub.root, local_repo)  # byte for byte, the card too
+    assert hub.commits == [
+        ("initial commit", [("add", ".gitattributes")]),
+        (f"Upload part1 (pannuke-imagemask {__version__})", [("add", name) for name in names]),
     ]
-    hub_card = DatasetCard.load(os.path.join(hub_root, "README.md")).data.to_dict()
-    local_card = DatasetCard.load(local_repo / "README.md").data.to_dict()
-    assert hub_card["configs"] == local_card["configs"]
-    assert [s["num_examples"] for s in hub_card["dataset_info"][0]["splits"]] == [19, 4, 1]
-    loaded = datasets.load_dataset(hub_root, "part1", cache_dir=str(tmp_path / "load"))
+    assert hub.private is True
+    loaded = datasets.load_dataset(hub.root, "part1", cache_dir=str(tmp_path / "load"))
     _assert_same_rows(loaded, pim.build("part1", data_dir=kaggle_part1, cache_dir=cache))
+
+
+def _shards(dataset_dict, config, max_bytes):
+    """The shard files push_to_hub's rule gives: Arrow bytes / max shard size, plus one, per split."""
+    names = []
+    for split, dataset in dataset_dict.items():
+        count = int(dataset.data.nbytes / max_bytes) + 1
+        names += [f"{config}/{split}-{k:05d}-of-{count:05d}.parquet" for k in range(count)]
+    return names
+
+
+def test_pushing_a_config_keeps_the_other_configs_files_and_deletes_its_stale_shards(hub, three_folds, cache, tmp_path):
+    local = tmp_path / "local"
+    trees = []
+    for step in (["--config", "folds", "part1", "--max-shard-size", "1MB"], ["--config", "part1"]):
+        assert _hub_push(cache, three_folds, *step) == 0  # each to the Hub and to --local-dir:
+        assert _hub_push(cache, three_folds, *step, "--local-dir", str(local), "--force") == 0
+        trees.append(_same_trees(hub.root, local))  # the same files, byte for byte
+    built = {config: pim.build(config, data_dir=three_folds, cache_dir=cache) for config in ("folds", "part1")}
+    folds, cut = _shards(built["folds"], "folds", 10**6), _shards(built["part1"], "part1", 10**6)
+    part1 = _shards(built["part1"], "part1", 500 * 10**6)
+    assert len(folds) > 3 and len(cut) > 3 and len(part1) == 3
+    top = ["README.md", "id2label.json", "preview.png"]
+    assert trees == [sorted([*top, *folds, *cut]), sorted([*top, *folds, *part1])]
+    # The part1 push touched no file of folds, and deleted the part1 shards that it no longer writes.
+    assert [op for op in hub.commits[2][1] if op[1].startswith("folds/")] == []
+    assert [op for op in hub.commits[2][1] if op[0] == "delete"] == [
+        ("delete", p) for p in sorted(set(cut) - set(part1))
+    ]
+    assert os.path.isfile(os.path.join(hub.root, ".gitattributes"))
+    card = DatasetCard.load(os.path.join(hub.root, "README.md")).data.to_dict()
+    assert [(c["config_name"], c.get("default", False)) for c in card["configs"]] == [("part1", True), ("folds", False)]
+    _assert_card_data_files_are_the_shards(hub.root)
+    loaded = datasets.load_dataset(hub.root, "folds", cache_dir=str(tmp_path / "load"))  # kept, in several shards
+    _assert_same_rows(loaded, built["folds"])
+
+
+def test_a_hub_push_without_room_to_stage_touches_nothing(hub, kaggle_part1, cache, monkeypatch, capsys):
+    monkeypatch.setattr(
+        "convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000)
+    )
+    assert _hub_push(cache, kaggle_part1) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        rf"pannuke-imagemask push: error: {re.escape(tempfile.gettempdir())}/pannuke-imagemask-push\.\w+: not enough "
+        r"free space: needs about [0-9.]+ MB, 1.0 KB available; push stages the repository folder there first: set "
+        r"TMPDIR to a folder with room\n",
+        err,
+    ), err
+    assert hub.commits == [] and not os.path.exists(hub.root)
 
 
 @pytest.mark.skipif(
@@ -410,57 +481,6 @@ def test_real_hub_round_trip(tmp_path):  # pragma: no cover - opt-in, needs netw
         _assert_same_rows(loaded, pim.build("part1", data_dir=sample_dir((1,), cache), cache_dir=cache))
     finally:
         HfApi().delete_repo(repo_id, repo_type="dataset", missing_ok=True)
-
-
-# --- dataset_infos.json ---------------------------------------------------------------------------
-
-
-def test_dataset_infos_json_is_up_to_date():
-    assert main(["infos", "--check", "--out", os.path.join(ROOT, "dataset_infos.json")]) == 0
-
-
-def test_dataset_infos_json_holds_the_official_split_sizes():
-    with open(os.path.join(ROOT, "dataset_infos.json")) as f:
-        recorded = json.load(f)
-    sizes = {name: {s: v["num_examples"] for s, v in info["splits"].items()} for name, info in recorded.items()}
-    assert sizes == {
-        "part1": {"train": 2125, "validation": 398, "test": 133},
-        "all": {"train": 6322, "validation": 1186, "test": 393},
-        "folds": {"fold1": 2656, "fold2": 2523, "fold3": 2722},
-    }
-    for name, info in recorded.items():
-        assert datasets.Features.from_dict(info["features"]) == pim.PanNukeImageMask().info.features
-        assert info["config_name"] == name and info["version"]["version_str"] == "1.1.0"
-        assert info["license"] == "CC BY-NC-SA 4.0"
-    assert recorded["part1"]["download_checksums"] == {
-        "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke/fold_1.zip": {
-            "num_bytes": 700275281,
-            "checksum": "6e19ad380300e8ce9480f9ab6a14cc91fa4b6a511609b40e3d70bdf9c881ed0b",
-        }
-    }
-
-
-def test_official_tissue_table_matches_the_real_tissue_lists():
-    for fold in (1, 3):
-        counts = collections.Counter(real_types(fold))
-        assert counts == collections.Counter(infos_module.official_tissues(fold))
-    assert {f: len(infos_module.official_tissues(f)) for f in (1, 2, 3)} == pim.FOLD_SIZES
-
-
-def test_real_fold1_gives_the_recorded_part1_sizes():
-    config = pim.PanNukeImageMask.BUILDER_CONFIGS[0]
-    assert infos_module.split_sizes_for(config, {1: real_types(1)}) == {"train": 2125, "validation": 398, "test": 133}
-
-
-def test_check_data_dir_compares_a_users_split_with_the_recorded_one(kaggle_part1, capsys):
-    out = os.path.join(ROOT, "dataset_infos.json")
-    assert main(["infos", "--check-data-dir", kaggle_part1, "--out", out]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == [
-        "part1: DIFFERENT {'train': 19, 'validation': 4, 'test': 1}, expected {'train': 2125, 'validation': 398, 'test': 133}",
-        "all: skipped (needs folds 1, 2, 3)",
-        "folds: skipped (needs folds 1, 2, 3)",
-    ]
 
 
 def test_local_dir_without_room_is_refused_before_writing(kaggle_part1, cache, tmp_path, monkeypatch, capsys):

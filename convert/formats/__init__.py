@@ -24,7 +24,6 @@ import pkgutil
 from typing import ClassVar
 
 import datasets
-import numpy as np
 
 from ..images import NATIVE_SIZE  # noqa: F401  (the patch side, for export)
 
@@ -85,9 +84,11 @@ def summary_row(fmt, split, row):
     """[split folder, id, fold, index, tissue, nuclei per class..., nuclei]: what the statistics need."""
     import pannuke_imagemask as pim
 
-    counts = np.bincount([n["label"] for n in row["nuclei"]], minlength=len(pim.NUCLEUS_CLASSES))
+    from ..common import nuclei_per_class
+
+    counts = nuclei_per_class([n["label"] for n in row["nuclei"]])
     return (
         [fmt.split_dir(split), row["id"], row["fold"], row["index"], pim.TISSUES[row["tissue"]]]
-        + counts.tolist()
-        + [int(counts.sum())]
+        + counts
+        + [sum(counts)]
     )

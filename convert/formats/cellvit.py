@@ -28,6 +28,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
+from ..common import nuclei_per_class
 from ..files import Checked, Png, Text
 from ..images import NATIVE_SIZE, decode, png_lengths
 from . import Format
@@ -176,9 +177,7 @@ def stem(split, position, row):
 
 def patch_record(split, position, row):
     """(stem, our id, tissue name, nuclei per class) of one patch: what the CSVs and weights are made of."""
-    counts = [0] * pim.NUM_CLASS_CHANNELS
-    for nucleus in row["nuclei"]:
-        counts[nucleus["label"]] += 1
+    counts = nuclei_per_class([nucleus["label"] for nucleus in row["nuclei"]])
     return stem(split, position, row), row["id"], pim.TISSUES[row["tissue"]], counts
 
 

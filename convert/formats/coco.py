@@ -22,7 +22,7 @@ INFO = {
     "url": pim._HOMEPAGE,
     "version": str(pim.PanNukeImageMask.VERSION),
     "year": 2020,
-    "contributor": "Gamper, Koohbanani, Benes, Graham, Jahanifar, Khurram, Azam, Hewitt, Rajpoot",
+    "contributor": "Gamper, Koohbanani, Benet, Graham, Jahanifar, Khurram, Azam, Hewitt, Rajpoot",
 }
 IMAGE_ID_STRIDE = 100000  # image id = fold * 100000 + index: unique over the three folds, readable
 
@@ -73,6 +73,7 @@ def coco_document(records):
 
 class Coco(Format):
     takes = ("image_format",)
+    changed_in = "1.3.0"  # info.contributor spelt as in the citation
 
     def patch_files(self, split, position, row, options):
         path = f"{self.split_dir(split)}/images/{image_id(row['fold'], row['index'])}.{options['image_format']}"

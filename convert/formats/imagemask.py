@@ -1,24 +1,37 @@
-"""imagemask: DIR/{split}/{images,masks}/<id>.<ext> plus metadata.csv (the tree of 1.0, unchanged)."""
+"""imagemask: DIR/{split}/{images,masks}/<id>.<ext> and DIR/{split}/metadata.jsonl.
 
-import csv
-import io
+The tree that `datasets.load_dataset("imagefolder", data_dir=DIR)` reads as it stands (datasets 3.6 to 5):
+its split folders are split names it knows (`valid` is validation), and each split's metadata.jsonl names
+the two files of a row in `image_file_name` and `mask_file_name` (relative to that folder), which it
+turns into the Image columns `image` and `mask`. A root-level table would not be read (imagefolder takes
+a split's metadata from inside the split's files only), so the per-split files are the one place the
+rows live. JSON lines, not CSV: datasets 3.6 with pandas 3 reads a CSV's strings as large_string and
+then refuses `*_file_name` columns.
+
+Every mask is a plain PNG (RGB, 8-bit or 16-bit greyscale): the semantic style too, so that OpenCV,
+`convert("L")` and every other reader get the classes 0..5. The builder's own semantic_mask is a palette
+PNG, whose indices only Pillow's np.asarray reads as classes, so it is decoded and re-encoded.
+"""
+
+import json
 
 import numpy as np
 
 import pannuke_imagemask as pim
 
-from ..files import Checked, Png, image_file
+from ..files import Lines, Png, image_file
 from ..images import NATIVE_SIZE, decode, image_size_bounds, png_bound, png_lengths, resize_mask
 from . import Format, summary_row
 
 MASK_STYLES = ("color", "semantic", "binary", "instance")
 IMAGE_FORMATS = ("png", "jpg")
+METADATA_LINE_BOUND = 400  # bytes of a metadata.jsonl line: about 260 with the longest tissue and counts
 COLORS = pim.CLASS_COLORS  # RGB as it appears on screen, index = semantic class
 
 METADATA_COLUMNS = (
-    ["split", "id", "fold", "index", "tissue"]
+    ["image_file_name", "mask_file_name", "id", "fold", "index", "tissue"]
     + [f"n_{name}" for name in pim.NUCLEUS_CLASSES]
-    + ["n_nuclei", "image", "mask"]
+    + ["n_nuclei"]
 )
 
 
@@ -35,71 +48,51 @@ def render_mask(semantic, instance, style):
     raise ValueError(f"unknown mask style {style!r}; valid: {', '.join(MASK_STYLES)}")
 
 
-def mask_png(row, options):
-    """The mask file of one builder row (images not decoded): the builder's PNG when nothing changes."""
-    size, style = options["size"], options["mask_style"]
-    if size == NATIVE_SIZE and style in ("semantic", "instance"):
-        return row[f"{style}_mask"]["bytes"]
+def mask_png(row, style, size):
+    """The mask file of one builder row (images not decoded): the builder's instance PNG when nothing changes."""
+    if size == NATIVE_SIZE and style == "instance":
+        return row["instance_mask"]["bytes"]
     semantic = decode(row["semantic_mask"]["bytes"])
     instance = decode(row["instance_mask"]["bytes"]) if style == "instance" else None
-    mask = resize_mask(render_mask(semantic, instance, style), size)
-    return pim.encode_semantic_png(mask) if style == "semantic" else pim.encode_png(mask)
-
-
-def split_dir(split):
-    return ImageMask.split_dirs.get(split, split)
-
-
-def relative_paths(split, patch_id, image_format):
-    folder = split_dir(split)
-    return (f"{folder}/images/{patch_id}.{image_format}", f"{folder}/masks/{patch_id}.png")
-
-
-def metadata_problems(expected_rows):
-    def check(data):
-        actual_rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline="")))
-        if actual_rows[:1] != expected_rows[:1]:
-            return [f"columns {actual_rows[:1]}, expected {expected_rows[0]}"]
-        actual_set, expected_set = {tuple(r) for r in actual_rows[1:]}, {tuple(r) for r in expected_rows[1:]}
-        problems = [f"row missing or changed: {','.join(row)}" for row in sorted(expected_set - actual_set)]
-        return problems + [f"unexpected row: {','.join(row)}" for row in sorted(actual_set - expected_set)]
-
-    return check
+    return pim.encode_png(resize_mask(render_mask(semantic, instance, style), size))
 
 
 class ImageMask(Format):
     takes = ("size", "mask_style", "image_format")
+    changed_in = "1.3.0"  # metadata.jsonl per split for imagefolder; semantic masks 8-bit greyscale, not palette
+
+    @staticmethod
+    def names(row, options):
+        """(image, mask) file names of a patch, relative to its split folder."""
+        return f"images/{row['id']}.{options['image_format']}", f"masks/{row['id']}.png"
 
     def patch_files(self, split, position, row, options):
-        image_path, mask_path = relative_paths(split, row["id"], options["image_format"])
+        folder, (image, mask) = self.split_dir(split), self.names(row, options)
         return [
-            image_file(image_path, row, options["image_format"], options["size"]),
-            Png(mask_path, mask_png(row, options)),
+            image_file(f"{folder}/{image}", row, options["image_format"], options["size"]),
+            Png(f"{folder}/{mask}", mask_png(row, options["mask_style"], options["size"])),
         ]
 
     def record(self, split, position, row, options):
-        return summary_row(self, split, row) + list(relative_paths(split, row["id"], options["image_format"]))
+        """The metadata.jsonl line of one patch: its files relative to the split folder, then what it holds."""
+        values = [*self.names(row, options), *summary_row(self, split, row)[1:]]
+        return json.dumps(dict(zip(METADATA_COLUMNS, values))) + "\n"
 
     def tree_files(self, dataset_dict, records, options):
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
-        writer.writerows(r for split in records for r in records[split])
-        rows = [METADATA_COLUMNS] + [[str(v) for v in r] for split in records for r in records[split]]
-        return [Checked("metadata.csv", (text.getvalue().encode(),), metadata_problems(rows))]
+        return [Lines(f"{self.split_dir(split)}/metadata.jsonl", records[split]) for split in dataset_dict]
 
     def estimate(self, dataset_dict, options):
         size, style = options["size"], options["mask_style"]
         sizes = []
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], size)
-            if size == NATIVE_SIZE and style in ("semantic", "instance"):
-                sizes += png_lengths(dataset, f"{style}_mask")
+            if size == NATIVE_SIZE and style == "instance":
+                sizes += png_lengths(dataset, "instance_mask")
             else:
                 shape = {"color": (3, 1), "semantic": (1, 1), "binary": (1, 1), "instance": (1, 2)}[style]
                 sizes += [png_bound(size, size, *shape)] * dataset.num_rows
-        rows = sum(ds.num_rows for ds in dataset_dict.values())
-        return sizes + [200 * (rows + 1)]  # metadata.csv: under 200 bytes a row
+            sizes.append(METADATA_LINE_BOUND * dataset.num_rows)
+        return sizes
 
 
 FORMAT = ImageMask()
