@@ -28,6 +28,38 @@ def _quiet_hf(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _each_picture_drawn_once():
+    """export's pictures are a function of the rows alone, drawn by matplotlib in most of a small export's
+    time: the run draws each distinct picture once and copies its bytes into the next export that would draw
+    it again. The trees stay byte for byte what export writes (the first export of those rows drew them)."""
+    import json
+
+    from convert import export
+
+    drawn = {}
+
+    def once(draw, key_of, name):
+        def wrapper(root, *args, **kwargs):
+            key = (name, key_of(*args, **kwargs))
+            if key not in drawn:
+                draw(root, *args, **kwargs)
+                with open(os.path.join(root, name), "rb") as f:
+                    drawn[key] = f.read()
+            else:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(drawn[key])
+
+        return wrapper
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(export, "write_statistics", once(export.write_statistics, json.dumps, "statistics.png"))
+    first_split = lambda dataset_dict: next((split, ds._fingerprint) for split, ds in dataset_dict.items())
+    patch.setattr(export, "write_samples", once(export.write_samples, first_split, "samples.png"))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def kaggle_part1(tmp_path_factory):
     """One fold in the Kaggle layout, with rogue files the reader must ignore."""

@@ -12,7 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
-from pannuke_fixtures import PART1_PATCHES, part1_members, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, copy_tree, part1_members, raw_fold, run_export
 from PIL import Image
 from reference import reference_image, reference_labels, reference_mask, reference_split
 
@@ -89,9 +89,8 @@ def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tr
 
 
 @pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
-def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, cache, tmp_path):
-    out = tmp_path / style
-    assert _export(out, kaggle_part1, cache, "--mask-style", style) == 0
+def test_every_mask_style_matches_the_raw_channels(style, mode, export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", "--mask-style", style)
     _, masks, _ = raw_fold(kaggle_part1)
     for split, members in _expected_splits().items():
         for _, index in members:
@@ -102,9 +101,8 @@ def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, ca
 
 
 @pytest.mark.parametrize("style", ["color", "semantic", "instance"])
-def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache, tmp_path):
-    out = tmp_path / "small"
-    assert _export(out, kaggle_part1, cache, "--size", "128", "--mask-style", style) == 0
+def test_size_resizes_masks_by_nearest_neighbour_only(style, export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", *(("--mask-style", style) if style != "color" else ()), "--size", "128")
     images, masks, _ = raw_fold(kaggle_part1)
     for split, members in _expected_splits().items():
         for _, index in members:
@@ -173,9 +171,8 @@ def test_pictures_are_png(color_tree):
             assert picture.format == "PNG" and picture.size[0] >= 600
 
 
-def test_jpeg_images_verify_within_tolerance(kaggle_part1, cache, tmp_path):
-    out = tmp_path / "jpg"
-    assert _export(out, kaggle_part1, cache, "--image-format", "jpg") == 0
+def test_jpeg_images_verify_within_tolerance(export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", "--image-format", "jpg")
     images, _, _ = raw_fold(kaggle_part1)
     with Image.open(out / "train" / "images" / "fold1_00000.jpg") as image:
         assert image.format == "JPEG"
@@ -274,25 +271,8 @@ def test_sample_runs_with_no_data(tmp_path, caplog):
     assert main(["verify", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
 
 
-def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
-    out = tmp_path / "folds"
-    assert (
-        main(
-            [
-                "export",
-                "--out",
-                str(out),
-                "--data-dir",
-                three_folds,
-                "--config",
-                "folds",
-                "--cache-dir",
-                cache,
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+def test_folds_config_writes_one_folder_per_fold(export_tree):
+    out = export_tree("imagemask", config="folds")
     assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == [
         "fold1",
         "fold2",
@@ -430,9 +410,8 @@ def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kag
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
 
 
-def test_a_tree_without_format_in_export_json_verifies_as_imagemask(kaggle_part1, cache, tmp_path):
-    out = tmp_path / "old"
-    assert _export(out, kaggle_part1, cache, "--mask-style", "semantic") == 0
+def test_a_tree_without_format_in_export_json_verifies_as_imagemask(export_tree, cache, tmp_path):
+    out = copy_tree(export_tree("imagemask", "--mask-style", "semantic"), tmp_path)
     manifest = json.loads((out / "export.json").read_text())
     del manifest["format"]  # as written by 1.0
     (out / "export.json").write_text(json.dumps(manifest))
