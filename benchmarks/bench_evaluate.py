@@ -1,12 +1,24 @@
-"""Speed and memory of `evaluate` against the per-nucleus oracle of the tests, measured in one run.
+"""Speed and memory of `evaluate`: against the per-nucleus oracle, PanNuke's official script, and per layout.
 
-    python benchmarks/bench_evaluate.py                  # a fake Part 1: 2,656 patches, 12.5 GB of float64
-    python benchmarks/bench_evaluate.py --patches 300    # quicker
+    python benchmarks/bench_evaluate.py                                  # 400 fake patches: oracle, command
+    python benchmarks/bench_evaluate.py --official ../PanNuke-metrics   # + the official script side by side
+    python benchmarks/bench_evaluate.py --readers                        # + one row per prediction layout
 
-Writes (or reuses, with benchmarks/bench.py) a fake fold in the real format and a perturbed prediction
-masks.npy, then times the command on all patches (one split holding them all) at 1 and 2 processes,
-and the oracle (one boolean mask per nucleus, as the official script) on the first patches. Memory is
-the peak anonymous RSS (RssAnon) summed over the process tree.
+Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed prediction masks.npy.
+
+- The command on all patches (one split holding them all) at 1 and 2 processes, in this process, against
+  the oracle of the tests (one boolean mask per nucleus, as the official script) on the first patches.
+- --official DIR (a checkout of github.com/TissueImageAnalytics/PanNuke-metrics, its run.py unchanged):
+  that script and `python -m convert evaluate` as separate processes, start-up included, run in turns
+  --repeats times (the fastest of each counts), on a copy of the fold and prediction without the nuclei
+  wholly covered by a later channel (the official script stops with an IndexError on those; every fake
+  patch has one). Its mPQ and bPQ must equal the command's. docopt, which it imports only to read its
+  three options, is stood in for, so it needs numpy, pandas and scipy only.
+- --readers: the same prediction written in each layout a framework writes (HoVer-Net .npy and .mat,
+  COCO results, YOLO labels, cellpose and semantic PNGs) and scored, in this process, against the
+  masks.npy row: what each reader costs.
+
+Memory is the peak anonymous RSS (RssAnon) summed over the process tree.
 """
 
 import argparse
@@ -14,20 +26,37 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "tests"), HERE]
+ROOT = os.path.join(HERE, "..")
+sys.path[:0] = [ROOT, os.path.join(HERE, "..", "tests"), HERE]
 
+import cv2
 import numpy as np
 import pq_oracle
+import scipy.io
 from bench import PeakMemory
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
 from convert.sample import PATCH, fold_paths, write_fold
+
+# Runs the official run.py as its own __main__, with docopt's one call answered from our argv.
+OFFICIAL_RUNNER = """
+import os, runpy, sys, types
+official, true_path, pred_path, save_path = sys.argv[1:5]
+options = {"--true_path": true_path, "--pred_path": pred_path, "--save_path": save_path}
+sys.modules["docopt"] = types.SimpleNamespace(docopt=lambda doc, version=None: options)
+sys.path.insert(0, official)
+runpy.run_path(os.path.join(official, "run.py"), run_name="__main__")
+"""
 
 
 def perturbed(truth, rng):
@@ -41,21 +70,68 @@ def perturbed(truth, rng):
     return pred
 
 
-def write_prediction(path, masks, seed=0):
-    rng = np.random.default_rng(seed)
-    out = np.lib.format.open_memmap(
-        path + ".incomplete", mode="w+", dtype=np.uint16, shape=(len(masks), PATCH, PATCH, 5)
-    )
-    for index in range(len(masks)):
-        out[index] = perturbed(masks[index], rng)
+def write_array(path, shape, dtype, rows):
+    """A .npy of shape written row by row from the iterable rows, renamed into place when complete."""
+    out = np.lib.format.open_memmap(path + ".incomplete", mode="w+", dtype=dtype, shape=shape)
+    for index, row in enumerate(rows):
+        out[index] = row
     out.flush()
     del out
     os.replace(path + ".incomplete", path)
 
 
-def run_cli(data_dir, pred, per_patch, num_proc):
-    argv = ["evaluate", "--pred", pred, "--data-dir", data_dir, "--split-ratios", "0", "0", "1"]
-    argv += ["--per-patch", per_patch, "--num-proc", str(num_proc), "--quiet"]
+def write_prediction(path, masks, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = (perturbed(masks[index], rng) for index in range(len(masks)))
+    write_array(path, (len(masks), PATCH, PATCH, 5), np.uint16, rows)
+
+
+def on_top(channels):
+    """(instance map, type of each id 1..n) of class channels collapsed, later on top; covered nuclei gone."""
+    instance = np.zeros(channels.shape[:2], dtype=np.int32)
+    types = []
+    top = np.full(channels.shape[:2], -1)
+    for c in range(5):
+        top[channels[..., c] != 0] = c
+    for c in range(5):
+        visible = np.where(top == c, channels[..., c], 0)
+        for value in np.unique(visible)[1:]:
+            types.append(c + 1)
+            instance[visible == value] = len(types)
+    return instance, np.array(types, dtype=np.int64)
+
+
+def visible_only(channels):
+    """The channels without the nuclei wholly covered by a later channel: what the official script can score."""
+    out = np.array(channels)
+    top = np.full(out.shape[:2], -1)
+    for c in range(5):
+        top[out[..., c] != 0] = c
+    for c in range(5):
+        values = out[..., c]
+        covered = np.setdiff1d(np.unique(values), np.unique(values[top == c]))
+        values[np.isin(values, covered[covered != 0])] = 0
+    return out
+
+
+def read_all(*paths):
+    """Read files once so that every timed run reads them from the page cache, none from disk."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def command(data_dir, pred, num_proc, *extra):
+    return ["evaluate", "--pred", pred, "--data-dir", data_dir, "--split-ratios", "0", "0", "1"] + [
+        "--num-proc",
+        str(num_proc),
+        "--quiet",
+        *extra,
+    ]
+
+
+def run_cli(argv):
     with PeakMemory() as memory:
         start = time.perf_counter()
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # the report table; the benchmark prints its own
@@ -64,6 +140,17 @@ def run_cli(data_dir, pred, per_patch, num_proc):
     if code != 0:
         raise RuntimeError(f"evaluate failed with exit code {code}")
     return {"seconds": seconds, "peak_rss_anon": memory.peak}
+
+
+def run_process(argv):
+    """Wall-clock seconds, peak memory and stdout of a separate process: start-up included."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return {"seconds": seconds, "peak_rss_anon": memory.peak, "stdout": done.stdout}
 
 
 def run_oracle(masks, pred, n):
@@ -75,10 +162,153 @@ def run_oracle(masks, pred, n):
     return {"seconds": seconds, "peak_rss_anon": memory.peak, "scores": scores}
 
 
+# ---------------------------------------------------------------------------------------------
+# The official script, side by side.
+# ---------------------------------------------------------------------------------------------
+
+
+def official_inputs(workdir, paths, pred_path, n):
+    """A copy of fold and prediction the official script can score, and its true_path / pred_path folders."""
+    root = os.path.join(workdir, f"official-{n}")
+    data_dir = os.path.join(root, "data")
+    clean = fold_paths(data_dir, 1, "kaggle")
+    true_dir, pred_dir = os.path.join(root, "true"), os.path.join(root, "pred")
+    if not os.path.exists(os.path.join(pred_dir, "masks.npy")):
+        shutil.rmtree(root, ignore_errors=True)
+        for key in ("images", "types"):  # the truth's other files, unchanged
+            os.makedirs(os.path.dirname(clean[key]), exist_ok=True)
+            os.symlink(os.path.abspath(paths[key]), clean[key])
+        os.makedirs(os.path.dirname(clean["masks"]), exist_ok=True)
+        masks = np.lib.format.open_memmap(paths["masks"], mode="r")
+        write_array(clean["masks"], masks.shape, masks.dtype, (visible_only(m) for m in masks))
+        pred = np.lib.format.open_memmap(pred_path, mode="r")
+        os.makedirs(pred_dir)
+        write_array(os.path.join(pred_dir, "masks.npy"), pred.shape, pred.dtype, (visible_only(p) for p in pred))
+        os.makedirs(true_dir)
+        os.symlink(os.path.abspath(clean["masks"]), os.path.join(true_dir, "masks.npy"))
+        os.symlink(os.path.abspath(paths["types"]), os.path.join(true_dir, "types.npy"))
+    read_all(clean["masks"], os.path.join(pred_dir, "masks.npy"))
+    return {"data_dir": data_dir, "true": true_dir, "pred": pred_dir, "save": os.path.join(root, "save")}
+
+
+def official_rows(official, inputs, repeats):
+    """The fastest of `repeats` turns of: the official script, evaluate --num-proc 1, evaluate --num-proc 2."""
+    runs = {"official": [], "process_1": [], "process_2": []}
+    result_path = os.path.join(os.path.dirname(inputs["save"]), "evaluate.json")
+    os.makedirs(inputs["save"], exist_ok=True)
+    official_argv = [sys.executable, "-c", OFFICIAL_RUNNER, official, inputs["true"], inputs["pred"], inputs["save"]]
+    for _ in range(repeats):
+        runs["official"].append(run_process(official_argv))
+        for num_proc in (1, 2):
+            argv = command(inputs["data_dir"], os.path.join(inputs["pred"], "masks.npy"), num_proc, "--json")
+            runs[f"process_{num_proc}"].append(run_process([sys.executable, "-m", "convert", *argv, result_path]))
+    out = runs["official"][-1]["stdout"]
+    official_numbers = {key: float(re.search(rf"Average {key}:(\S+)", out).group(1)) for key in ("mPQ", "bPQ")}
+    with open(result_path) as f:
+        ours = json.load(f)
+    difference = max(abs(ours[key] - value) for key, value in official_numbers.items())
+    if difference > 1e-12:
+        raise RuntimeError(f"evaluate differs from the official script by {difference}: {official_numbers}")
+    best = {key: min(r, key=lambda run: run["seconds"]) for key, r in runs.items()}
+    for run in best.values():
+        run.pop("stdout", None)
+    return {
+        **best,
+        "all_seconds": {key: [run["seconds"] for run in r] for key, r in runs.items()},
+        "official_numbers": official_numbers,
+        "max_difference_to_official": difference,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The same prediction in each layout a framework writes.
+# ---------------------------------------------------------------------------------------------
+
+
+def _rle(mask):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _polygon(mask):
+    """The nucleus' outer contour as Ultralytics' masks2segments takes it: the longest, CHAIN_APPROX_SIMPLE."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return max(contours, key=len).reshape(-1, 2) if contours else np.zeros((0, 2))
+
+
+def write_layouts(root, pred_path, n):
+    """{layout: its --pred} of the prediction at pred_path written in every layout (reused if present)."""
+    done = os.path.join(root, "complete")
+    paths = {
+        "masks": pred_path,
+        "hovernet": os.path.join(root, "hovernet"),
+        "hovernet-mat": os.path.join(root, "hovernet-mat"),
+        "coco": os.path.join(root, "coco_instances_results.json"),
+        "yolo": os.path.join(root, "yolo"),
+        "cellpose": os.path.join(root, "cellpose"),
+        "semantic": os.path.join(root, "semantic"),
+    }
+    if os.path.exists(done):
+        return paths
+    shutil.rmtree(root, ignore_errors=True)
+    for folder in ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic"):
+        os.makedirs(os.path.join(root, folder))
+    pred = np.lib.format.open_memmap(pred_path, mode="r")
+    results = []
+    for index in range(n):
+        stem = pim.patch_id(1, index)
+        instance, types = on_top(np.asarray(pred[index]))
+        kinds = np.concatenate([[0], types])[instance]
+        np.save(os.path.join(paths["hovernet"], f"{stem}.npy"), np.stack([instance, kinds], axis=-1).astype(np.int32))
+        ids = np.arange(1, len(types) + 1)
+        masks = [instance == k for k in ids]
+        centroids = [[np.nonzero(m)[1].mean(), np.nonzero(m)[0].mean()] for m in masks]
+        mat = {
+            "inst_map": instance,
+            "inst_uid": ids[:, None],
+            "inst_type": types[:, None],
+            "inst_centroid": np.array(centroids).reshape(-1, 2),
+        }
+        scipy.io.savemat(os.path.join(paths["hovernet-mat"], "mat", f"{stem}.mat"), mat)
+        scores = np.linspace(0.99, 0.6, num=max(len(ids), 1))
+        lines = []
+        for mask, kind, score in zip(masks, types.tolist(), scores.tolist()):
+            results.append({"image_id": stem, "category_id": kind, "segmentation": _rle(mask), "score": score})
+            polygon = _polygon(mask)
+            if len(polygon) >= 3:  # Ultralytics skips shorter segments
+                values = [kind - 1, *(polygon / PATCH).ravel().tolist(), score]
+                lines.append(("%g " * len(values)).rstrip() % tuple(values))
+        if lines:  # Ultralytics and cellpose write no file for an image without detections
+            with open(os.path.join(paths["yolo"], "labels", f"{stem}.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+        if len(types):
+            Image.fromarray(instance.astype(np.uint16)).save(os.path.join(paths["cellpose"], f"{stem}_cp_masks.png"))
+        Image.fromarray(kinds.astype(np.uint8)).save(os.path.join(paths["semantic"], f"{stem}.png"))
+    with open(paths["coco"], "w") as f:
+        json.dump(results, f)
+    open(done, "w").close()
+    return paths
+
+
+def reader_rows(data_dir, layouts, repeats):
+    """The fastest of `repeats` in-process runs of the command on each layout, --num-proc 1."""
+    rows = {}
+    for name, path in layouts.items():
+        runs = [run_cli(command(data_dir, path, 1, "--pred-format", name)) for _ in range(repeats)]
+        rows[name] = min(runs, key=lambda run: run["seconds"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patches", type=int, default=pim.FOLD_SIZES[1], help="patches in the fake fold (2656)")
+    parser.add_argument("--patches", type=int, default=400, help="patches in the fake fold (default 400)")
     parser.add_argument("--oracle-patches", type=int, default=60, help="patches the oracle scores (default 60)")
+    parser.add_argument("--official", metavar="DIR", help="a checkout of PanNuke-metrics: time its run.py too")
+    parser.add_argument("--readers", action="store_true", help="also time each prediction layout")
+    parser.add_argument("--repeats", type=int, default=2, help="turns of the side-by-side runs (default 2)")
     parser.add_argument("--workdir", default=os.path.join(HERE, "out"), help="scratch folder")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -88,7 +318,8 @@ def main(argv=None):
     paths = fold_paths(data_dir, 1, "kaggle")
     if not os.path.exists(paths["types"]):
         os.makedirs(args.workdir, exist_ok=True)
-        needed = n * PATCH * PATCH * ((3 + 6) * 8 + 5 * 2)  # float64 images and masks, uint16 prediction
+        copies = 2 if args.official else 1
+        needed = n * PATCH * PATCH * ((3 + 6 * copies) * 8 + 5 * 2 * copies)  # float64 fold, uint16 prediction
         free = shutil.disk_usage(args.workdir).free
         if free < needed * 1.2:
             sys.exit(f"{args.workdir}: {free / 1e9:.1f} GB free, the fold and prediction need {needed / 1e9:.1f} GB")
@@ -100,10 +331,7 @@ def main(argv=None):
     if not os.path.exists(pred_path):
         write_prediction(pred_path, masks)
     pred = np.lib.format.open_memmap(pred_path, mode="r")
-    for path in (paths["masks"], pred_path):  # every run reads from page cache, none from disk
-        with open(path, "rb") as f:
-            while f.read(64 << 20):
-                pass
+    read_all(paths["masks"], pred_path)
 
     per_patch = os.path.join(args.workdir, "evaluate-per-patch.csv")
     k = min(args.oracle_patches, n)
@@ -111,7 +339,7 @@ def main(argv=None):
     run_oracle(masks, pred, min(k, 4))  # warm-up: imports, allocator
     r["oracle"] = run_oracle(masks, pred, k)
     for num_proc in (1, 2):
-        r[f"evaluate_{num_proc}"] = run_cli(data_dir, pred_path, per_patch, num_proc)
+        r[f"evaluate_{num_proc}"] = run_cli(command(data_dir, pred_path, num_proc, "--per-patch", per_patch))
     with open(per_patch, newline="") as f:
         rows = list(csv.reader(f))[1 : k + 1]
     fast = np.array([[float(v) if v else np.nan for v in row[4:]] for row in rows])
@@ -120,27 +348,54 @@ def main(argv=None):
     if not np.array_equal(np.isnan(fast), np.isnan(oracle)) or r["max_difference_to_oracle"] > 1e-12:
         raise RuntimeError(f"evaluate differs from the oracle by {r['max_difference_to_oracle']}")
 
+    def line(name, run, rate, ratio):
+        return f"| {name} | {run['seconds']:.2f} | {rate:.1f} | {ratio} | {run['peak_rss_anon'] / 2**20:.0f} MiB |"
+
+    header = [
+        "| run | seconds | patches/s | ratio | peak anonymous RSS (tree) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     oracle_rate = k / r["oracle"]["seconds"]
-    rows = [("oracle: one boolean mask per nucleus (tests/pq_oracle.py)", "oracle", oracle_rate, "1.0x")]
+    agreement = f"largest difference to the oracle {r['max_difference_to_oracle']:.1e}"
+    lines = [f"Fake fold of {n} patches, {os.cpu_count()} CPUs, oracle on the first {k}; {agreement}:", "", *header]
+    lines.append(line("oracle: one boolean mask per nucleus (tests/pq_oracle.py)", r["oracle"], oracle_rate, "1.0x"))
     for num_proc in (1, 2):
         rate = n / r[f"evaluate_{num_proc}"]["seconds"]
-        rows.append(
-            (
-                f"evaluate --num-proc {num_proc}, whole command",
-                f"evaluate_{num_proc}",
-                rate,
-                f"{rate / oracle_rate:.1f}x",
-            )
+        name = f"evaluate --num-proc {num_proc}, in this process"
+        lines.append(line(name, r[f"evaluate_{num_proc}"], rate, f"{rate / oracle_rate:.1f}x the oracle"))
+
+    if args.official:
+        inputs = official_inputs(args.workdir, paths, pred_path, n)
+        r["official"] = official_rows(os.path.abspath(args.official), inputs, args.repeats)
+        o = r["official"]
+        title = (
+            f"Side by side, separate processes, start-up included, fastest of {args.repeats} turns; mPQ and bPQ "
+            f"equal the official script's to {o['max_difference_to_official']:.1e}:"
         )
-    agreement = f"largest difference to the oracle {r['max_difference_to_oracle']:.1e}"
-    lines = [
-        f"Fake fold of {n} patches, {os.cpu_count()} CPUs, oracle on the first {k}; {agreement}:",
-        "",
-        "| run | patches/s | vs oracle | peak anonymous RSS (tree) |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for name, key, rate, ratio in rows:
-        lines.append(f"| {name} | {rate:.1f} | {ratio} | {r[key]['peak_rss_anon'] / 2**20:.0f} MiB |")
+        lines += [
+            "",
+            title,
+            "",
+            *header,
+            line("official run.py (PanNuke-metrics)", o["official"], n / o["official"]["seconds"], "1.0x"),
+        ]
+        for num_proc in (1, 2):
+            run = o[f"process_{num_proc}"]
+            ratio = o["official"]["seconds"] / run["seconds"]
+            lines.append(
+                line(f"python -m convert evaluate --num-proc {num_proc}", run, n / run["seconds"], f"{ratio:.1f}x")
+            )
+
+    if args.readers:
+        layouts = write_layouts(os.path.join(args.workdir, f"layouts-{n}"), pred_path, n)
+        r["readers"] = reader_rows(data_dir, layouts, args.repeats)
+        base = r["readers"]["masks"]["seconds"]
+        lines += ["", f"The same prediction in each layout, --num-proc 1, in this process, fastest of {args.repeats}:"]
+        lines += ["", "| --pred-format | seconds | patches/s | time vs masks | peak anonymous RSS (tree) |"]
+        lines += [header[1]]
+        for name, run in r["readers"].items():
+            lines.append(line(name, run, n / run["seconds"], f"{run['seconds'] / base:.2f}x"))
+
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

@@ -5,7 +5,7 @@ Commands (each has --help):
            CellViT, nnU-Net or Cellpose folders
   verify   re-read an export (any format) and compare every file with the source
   push     publish Parquet and a dataset card to the Hub (or --local-dir)
-  evaluate score predictions on a split with PanNuke's mPQ and bPQ
+  evaluate score predictions on a split (or the three-split protocol): mPQ, bPQ, detection and class F1
   infos    regenerate dataset_infos.json from the builder
 """
 

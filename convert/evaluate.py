@@ -1,8 +1,9 @@
-"""Score nucleus predictions on a split with PanNuke's mPQ and bPQ, the numbers every PanNuke paper reports.
+"""Score nucleus predictions on a split, or the three-split protocol, with the numbers PanNuke papers report.
 
-The metric is the official evaluation script's, computed one patch at a time from the raw folds, with
+mPQ and bPQ are the official evaluation script's, computed one patch at a time from the raw folds, with
 pairwise IoU from one joint histogram per map, and defined where the official script crashes (a nucleus
-wholly covered by a later channel, a map without background).
+wholly covered by a later channel, a map without background). Detection and classification F1 are
+HoVer-Net's compute_stats.py's (convert/detection.py), from the same patches.
 """
 
 import csv
@@ -16,9 +17,12 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import __version__
+from . import __version__, detection
 from .common import add_source_arguments, command_parser, config_named, progress_bar, resolve_source, run_cli
+from .formats import FOLD_PROTOCOL
+from .formats.coco import image_id as coco_image_id
 from .pool import WORKER, opened, run_tasks
+from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,11 @@ MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
 KEY_SPAN = MAX_PRED_ID + 1  # (channel, id) keys: channel * KEY_SPAN + id
 DENSE_PAIRS = 1 << 22  # above this many (true, pred) id pairs, count overlaps sparsely instead of densely
 TASK_PATCHES = 32  # patches per task handed to a worker
+TRUTH_PIECE = 1 << 15  # truth values cast and checked at a time: 256 KB of float64, within a core's L2 cache
 SPLIT_ALIASES = {"valid": "validation"}  # the exported folder's name for it
+INSTANCE_LAYOUTS = ("coco", "yolo")  # the layouts that --min-score and --max-overlap rule
+PROTOCOL_DETECTION = ("f1", "precision", "recall", "type_accuracy")  # the F1 numbers the protocol averages
+PROTOCOL_STD_DDOF = 0  # the population standard deviation over the three splits (np.std's default)
 
 SCORE_COLUMNS = [f"pq_{name}" for name in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
 PER_PATCH_COLUMNS = ["id", "fold", "index", "tissue", *SCORE_COLUMNS]
@@ -47,15 +55,15 @@ def _nuclei(channels, count):
     order, and inside a channel the order of the old ids. A map without background is like any other.
     Positions are pixel * count + channel.
     """
-    flat = channels.reshape(-1)  # whole contiguous patches: strided channel views are ten times slower
-    position = np.flatnonzero(flat != 0)
-    pixel, channel = np.divmod(position, channels.shape[-1])
-    if count < channels.shape[-1]:
-        used = channel < count
-        position, pixel, channel = position[used], pixel[used], channel[used]
-    keys, number = np.unique(channel * KEY_SPAN + flat[position], return_inverse=True)
+    width = channels.shape[-1]
+    # Only the channels read are compared: PanNuke's channel 5 (background) is non-zero almost everywhere,
+    # and splitting its positions into pixel and channel would cost more than the comparison saves.
+    position = np.flatnonzero((channels[..., :count] if count < width else channels) != 0)
+    pixel, channel = np.divmod(position, count)
+    values = channels.reshape(-1)[pixel * width + channel if count < width else position]
+    keys, number = np.unique(channel * KEY_SPAN + values, return_inverse=True)
     per_channel = np.bincount(keys // KEY_SPAN, minlength=count)
-    return pixel * count + channel, number.ravel() + 1, per_channel
+    return position, number.ravel() + 1, per_channel
 
 
 def _on_top(position, number, channels):
@@ -71,9 +79,9 @@ def _pair_ious(true_position, true_number, pred_position, pred_number, size):
 
     Intersections and areas all come from histograms over the shared positions: no mask per nucleus.
     """
-    on_true = np.zeros(size, dtype=np.int64)
+    on_true = np.zeros(size, dtype=np.int32)  # numbers are far below 2**31; half the zeroing of int64
     on_true[true_position] = true_number
-    true_shared = on_true[pred_position]
+    true_shared = on_true[pred_position].astype(np.int64)
     shared = true_shared > 0
     true_shared, pred_shared = true_shared[shared], pred_number[shared]
     height, width = int(true_number.max(initial=0)) + 1, int(pred_number.max(initial=0)) + 1
@@ -102,7 +110,11 @@ def _quality(n_true, n_pred, iou):
 
 
 def _qualities(true, pred, count):
-    """([PQ of each class channel 0..count-1], binary PQ) of (H, W, >=count) truth and prediction channels."""
+    """([PQ of each class channel 0..count-1], binary PQ, binary maps) of (H, W, >=count) channels.
+
+    The binary maps of truth and prediction are each (pixels, their nucleus numbers, nuclei per channel), as
+    binary_points reads them.
+    """
     size = true.shape[0] * true.shape[1] * count
     true_position, true_number, true_count = _nuclei(true, count)
     pred_position, pred_number, pred_count = _nuclei(pred, count)
@@ -117,7 +129,24 @@ def _qualities(true, pred, count):
     # Covered nuclei leave gaps in the numbers (the official script's IndexError): count those still seen.
     seen_true = np.count_nonzero(np.bincount(true_top)[1:])
     seen_pred = np.count_nonzero(np.bincount(pred_top)[1:])
-    return class_pq, _quality(seen_true, seen_pred, binary_iou)
+    binary = (true_pixel, true_top, true_count), (pred_pixel, pred_top, pred_count)
+    return class_pq, _quality(seen_true, seen_pred, binary_iou), binary
+
+
+def binary_points(pixel, number, per_channel, width):
+    """(x, y) and type (channel + 1) of each nucleus of a binary map, in number order: the F1's nuclei.
+
+    For the truth these are the nuclei of the builder's instance_mask (the later channel wins, a nucleus
+    wholly covered is gone), each at the mean (x, y) of its pixels there.
+    """
+    n = int(per_channel.sum())
+    area = np.bincount(number, minlength=n + 1)
+    rows, cols = np.divmod(pixel, width)
+    x = np.bincount(number, weights=cols, minlength=n + 1)
+    y = np.bincount(number, weights=rows, minlength=n + 1)
+    seen = np.flatnonzero(area[1:]) + 1
+    types = np.repeat(np.arange(1, len(per_channel) + 1), per_channel)
+    return np.stack([x[seen] / area[seen], y[seen] / area[seen]], axis=1), types[seen - 1]
 
 
 def panoptic_quality(true, pred):
@@ -130,16 +159,25 @@ def patch_scores(true, pred):
 
     Ids are non-negative integers (check_ids); channels after 0..4 are not read.
     """
-    class_pq, binary_pq = _qualities(true, pred, pim.NUM_CLASS_CHANNELS)
+    class_pq, binary_pq, _ = _qualities(true, pred, pim.NUM_CLASS_CHANNELS)
     return np.array([*class_pq, nanmean(class_pq), binary_pq])
 
 
-def _renumber(ids):
-    """Flattened ids as 0 (background) and 1..n in increasing order of the old id; returns (ids, n)."""
-    values, inverse = np.unique(ids.ravel(), return_inverse=True)
-    if values[0] != 0:  # no background pixel: every value is a nucleus
-        return inverse.ravel() + 1, len(values)
-    return inverse.ravel(), len(values) - 1
+def score_patch(true, prediction, radius=detection.RADIUS, classified=True):
+    """(patch_scores, F1 counts in detection.COUNT_COLUMNS order) of truth ids and a PatchPrediction.
+
+    Without classes (classified False) the class PQs and mPQ are NaN: not available.
+    """
+    class_pq, binary_pq, (true_binary, pred_binary) = _qualities(true, prediction.channels, pim.NUM_CLASS_CHANNELS)
+    if not classified:
+        class_pq = [math.nan] * len(class_pq)
+    true_xy, true_types = binary_points(*true_binary, true.shape[1])
+    if prediction.centroids is None:  # the nuclei of the channels' binary map: made here with it, not twice
+        pred_xy, pred_types = binary_points(*pred_binary, true.shape[1])
+    else:
+        pred_xy, pred_types = prediction.centroids, prediction.types
+    counts = detection.pair_counts(true_xy, true_types, pred_xy, pred_types, radius)
+    return np.array([*class_pq, nanmean(class_pq), binary_pq]), counts
 
 
 def nanmean(values):
@@ -168,109 +206,24 @@ def summarize(scores, tissues):
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictions: checks and the HoVer-Net layout.
+# The ground truth's checks (the prediction layouts: convert/predictions/).
 # ---------------------------------------------------------------------------------------------
-
-
-def check_ids(values, where, what="prediction", channels=None):
-    """Values as integers, or raise naming where if one is not a finite non-negative integer up to int32's max.
-
-    With channels, only the first that many channels (last axis) are checked; the others may hold anything.
-    """
-    values = np.asarray(values)
-    # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
-    if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
-            ids = values.astype(np.int64)
-        checked = values[..., :channels]
-        if np.array_equal(ids, values) or np.array_equal(ids[..., :channels], checked):
-            values = ids
-        else:
-            if not np.isfinite(checked).all():
-                raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
-            bad = checked[checked != np.floor(checked)]
-            if bad.size:
-                raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
-            # Left: integers beyond int64, which the range check below names.
-    if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
-        low, high = values[..., :channels].min(), values[..., :channels].max()
-        if low < 0:
-            raise ValueError(f"{where}: {what} has negative values (min {low:g})")
-        if high > MAX_PRED_ID:
-            raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
-    # Integers of up to 32 bits mix with the int64 keys as int64; uint64 would turn them into floats.
-    return values if values.dtype.kind in "iu" and values.dtype.itemsize <= 4 else values.astype(np.int64)
 
 
 def truth_ids(mask, where):
     """A raw (H, W, 6) mask as uint16, all of it checked as the builder checks it."""
     values = np.asarray(mask)
-    with np.errstate(invalid="ignore"):
-        ids = values.astype(np.uint16)
+    flat = values.reshape(-1)
+    ids = np.empty(flat.shape, dtype=np.uint16)
+    # Cast and compare a piece at a time while it is in the cache: a fifth faster than whole-patch passes.
     # Equal only if every value is an integer in 0..65535; else the builder's check names the problem.
-    if not np.array_equal(ids, values):
-        return pim.mask_to_ids(values, where)
-    return ids
-
-
-def hovernet_to_channels(instance, types, where="prediction"):
-    """(H, W, 5) class channels from an instance map and a type map (0 background, 1..5 the classes).
-
-    A nucleus goes, whole, to the channel of the type most of its pixels have (ties to the lower type);
-    a nucleus whose pixels are mostly type 0 is dropped, as the type map calls it background.
-    """
-    instance = check_ids(instance, where, "instance channel")
-    types = check_ids(types, where, "type channel")
-    if types.max(initial=0) >= NUM_TYPES:
-        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
-    ids, n = _renumber(instance)
-    votes = np.bincount(ids * NUM_TYPES + types.ravel(), minlength=(n + 1) * NUM_TYPES).reshape(n + 1, NUM_TYPES)
-    kind = votes.argmax(axis=1)
-    kind[0] = 0
-    pixel_kind = kind[ids]
-    channels = np.zeros((ids.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
-    kept = np.nonzero(pixel_kind)[0]
-    channels[kept, pixel_kind[kept] - 1] = ids[kept]
-    return channels.reshape(*instance.shape, pim.NUM_CLASS_CHANNELS)
-
-
-def _check_dtype(path, dtype):
-    if dtype.kind not in "biuf":
-        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
-
-
-def open_masks_prediction(path, n, size):
-    """Memory-map a masks.npy of (n, H, W, >=5) predictions, after checking its header."""
-    shape, dtype = pim.read_npy_header(path)
-    _check_dtype(path, dtype)
-    if len(shape) != 4 or shape[1:3] != size or shape[3] < pim.NUM_CLASS_CHANNELS:
-        raise pim.PanNukeFormatError(
-            f"{path}: shape {shape}, expected (N, {size[0]}, {size[1]}, C) with C >= {pim.NUM_CLASS_CHANNELS}"
-        )
-    if shape[0] != n:
-        raise pim.PanNukeFormatError(f"{path}: {shape[0]} predictions, the split has {n} patches")
-    return np.lib.format.open_memmap(path, mode="r")
-
-
-def check_prediction_folder(folder, ids, size):
-    """Check that folder holds exactly one <id>.npy of shape (H, W, >=2) per id, before anything is scored."""
-    names = {name for name in os.listdir(folder) if name.endswith(".npy") and not name.startswith(".")}
-    expected = {f"{patch}.npy" for patch in ids}
-    missing = [f"{patch}.npy" for patch in ids if f"{patch}.npy" not in names]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} prediction(s) missing, the first {missing[0]}")
-    extra = sorted(names - expected)
-    if extra:
-        raise ValueError(f"{folder}: {len(extra)} prediction(s) not in the split, the first {extra[0]}")
-    for patch in ids:
-        path = os.path.join(folder, f"{patch}.npy")
-        shape, dtype = pim.read_npy_header(path)
-        _check_dtype(path, dtype)
-        if len(shape) != 3 or shape[:2] != size or shape[2] < 2:
-            raise pim.PanNukeFormatError(
-                f"{path}: prediction for {patch} has shape {shape}, expected ({size[0]}, {size[1]}, C) with "
-                "instance and type as the last two channels"
-            )
+    with np.errstate(invalid="ignore"):
+        for start in range(0, flat.size, TRUTH_PIECE):
+            piece, out = flat[start : start + TRUTH_PIECE], ids[start : start + TRUTH_PIECE]
+            np.copyto(out, piece, casting="unsafe")
+            if not np.equal(out, piece).all():
+                return pim.mask_to_ids(values, where)
+    return ids.reshape(values.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,36 +232,33 @@ def check_prediction_folder(folder, ids, size):
 
 
 def _score_task(task):
-    """(stop - start, 7) scores of rows start..stop of the split."""
+    """(scores (n, 7), F1 counts (n, len(COUNT_COLUMNS))) of rows start..stop of the split."""
     start, stop = task
-    files, rows, pred = WORKER["files"], WORKER["rows"], WORKER["pred"]
+    files, rows, prediction, radius = (WORKER[key] for key in ("files", "rows", "prediction", "radius"))
     scores = np.empty((stop - start, len(SCORE_COLUMNS)))
+    counts = np.empty((stop - start, len(detection.COUNT_COLUMNS)), dtype=np.int64)
     for k, (fold, index) in enumerate(rows[start:stop]):
         _, masks = opened(("fold", fold), lambda fold=fold: pim.open_fold(files[fold]))
         truth = truth_ids(masks[index], where=f"{files[fold]['masks']}: patch {index}")
-        patch = pim.patch_id(fold, index)
-        if pred["layout"] == "masks":
-            array = opened(("prediction",), lambda: np.lib.format.open_memmap(pred["path"], mode="r"))
-            where = f"{pred['path']}: {patch}"
-            prediction = check_ids(array[start + k], where, channels=pim.NUM_CLASS_CHANNELS)
-        else:
-            path = os.path.join(pred["path"], f"{patch}.npy")
-            array = np.load(path, allow_pickle=False)
-            prediction = hovernet_to_channels(array[..., -2], array[..., -1], where=path)
-        scores[k] = patch_scores(truth, prediction)
-    return scores
+        scores[k], counts[k] = score_patch(truth, prediction.read(start + k), radius, prediction.classified)
+    return scores, counts
 
 
-def score_rows(files, rows, pred, num_proc=1, quiet=False):
-    """(N, 7) scores of the split's rows [(fold, index), ...] against pred {"layout", "path"}."""
+def score_rows(files, rows, prediction, radius=detection.RADIUS, num_proc=1, quiet=False):
+    """(scores (N, 7), F1 counts (N, len(COUNT_COLUMNS))) of the split's rows [(fold, index), ...].
+
+    The per-patch counts come from the workers; the parent only sums them (detection.summarize).
+    """
     tasks = [(s, min(s + TASK_PATCHES, len(rows))) for s in range(0, len(rows), TASK_PATCHES)]
-    state = {"files": files, "rows": rows, "pred": pred}
-    chunks = []
+    state = {"files": files, "rows": rows, "prediction": prediction, "radius": radius}
+    scores = [np.empty((0, len(SCORE_COLUMNS)))]
+    counts = [np.empty((0, len(detection.COUNT_COLUMNS)), dtype=np.int64)]
     with progress_bar(len(rows), "Evaluating", quiet) as bar:
-        for chunk in run_tasks(_score_task, tasks, num_proc, state):
-            chunks.append(chunk)
-            bar.update(len(chunk))
-    return np.concatenate(chunks) if chunks else np.empty((0, len(SCORE_COLUMNS)))
+        for chunk_scores, chunk_counts in run_tasks(_score_task, tasks, num_proc, state):
+            scores.append(chunk_scores)
+            counts.append(chunk_counts)
+            bar.update(len(chunk_scores))
+    return np.concatenate(scores), np.concatenate(counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,39 +282,66 @@ def _shown(value):
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _write_atomically(path, write):
-    """Write path through a temporary file beside it, so that no half-written report is ever left."""
-    tmp = f"{path}.incomplete"
+def _write_reports(reports):
+    """Write each (path, write) through a temporary file beside it, renamed only once all are complete.
+
+    No half-written report is ever left, and a failure while writing one leaves none of them.
+    """
+    done = []
     try:
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
+        for path, write in reports:
+            tmp = f"{path}.incomplete"
+            done.append(tmp)
+            with open(tmp, "w", newline="") as f:
+                write(f)
+        for (path, _), tmp in zip(reports, done):
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in done:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
-def write_per_patch(path, rows, tissues, scores):
+def _json_report(result):
+    return lambda f: json.dump(_json_value(result), f, indent=2, allow_nan=False)
+
+
+def _per_patch_report(runs):
+    """The per-patch CSV of [(split label or None, run), ...]: one row per patch, a split column if labelled."""
+
     def write(f):
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(PER_PATCH_COLUMNS)
-        for (fold, index), tissue, row in zip(rows, tissues, scores):
-            writer.writerow([pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)])
+        labelled = runs[0][0] is not None
+        writer.writerow((["split"] if labelled else []) + PER_PATCH_COLUMNS)
+        for label, run in runs:
+            for (fold, index), tissue, row in zip(run["rows"], run["tissues"], run["scores"]):
+                cells = [pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)]
+                writer.writerow(([label] if labelled else []) + cells)
 
-    _write_atomically(path, write)
+    return write
 
 
 def report_lines(result):
     """The table printed on stdout."""
+    found = result["detection"]
     lines = [
         f"split {result['split']} of config {result['config']}: {result['patches']} patches",
         "",
         f"mPQ  {_shown(result['mPQ'])}",
         f"bPQ  {_shown(result['bPQ'])}",
         "",
-        f"{'class':<14} {'PQ':>8}",
+        (
+            f"detection F1   {_shown(found['f1'])}  (precision {_shown(found['precision'])}, "
+            f"recall {_shown(found['recall'])}; radius {found['radius']:g} px)"
+        ),
+        f"type accuracy  {_shown(found['type_accuracy'])}",
+        "",
+        f"{'class':<14} {'PQ':>8} {'F1':>8}",
     ]
-    lines += [f"{name:<14} {_shown(value):>8}" for name, value in result["per_class"].items()]
+    lines += [
+        f"{name:<14} {_shown(value):>8} {_shown(result['f1_per_class'][name]):>8}"
+        for name, value in result["per_class"].items()
+    ]
     lines += ["", f"{'tissue':<14} {'patches':>7} {'mPQ':>8} {'bPQ':>8}"]
     lines += [
         f"{tissue:<14} {t['patches']:>7} {_shown(t['mPQ']):>8} {_shown(t['bPQ']):>8}"
@@ -377,23 +354,82 @@ def _get_parser():
     parser = command_parser("evaluate", __doc__)
     parser.add_argument(
         "--pred",
-        required=True,
-        help="predictions: a masks.npy of (N, 256, 256, >=5) class channels in the split's row order, or a "
-        "folder of <id>.npy, each (256, 256, ..., instance, type) as HoVer-Net writes them",
+        help="predictions of the split, as a framework writes them (see --pred-format): e.g. a masks.npy of "
+        "(N, 256, 256, >=5) class channels in the split's row order, or a folder of <id>.npy (..., instance, "
+        "type) as HoVer-Net holds them",
+    )
+    parser.add_argument(
+        "--pred-format",
+        choices=LAYOUT_NAMES,
+        help="the layout of --pred (default: recognised from what it holds)",
+    )
+    parser.add_argument(
+        "--protocol",
+        nargs=3,
+        metavar=("split1=PRED", "split2=PRED", "split3=PRED"),
+        help="score PanNuke's three-split protocol at once: split 1 and 2 on fold 3, split 3 on fold 1, then the "
+        "mean and standard deviation over the three (instead of --pred and --split; --config folds)",
     )
     parser.add_argument(
         "--split", help="the split to score: train, validation (or valid), test (default); fold1..fold3 for folds"
     )
+    parser.add_argument(
+        "--f1-radius",
+        type=float,
+        default=detection.RADIUS,
+        help="detection F1: after the optimal assignment of predicted to true centroids, pairs farther apart "
+        "than this many pixels are dropped (12 for PanNuke's 40x, as HoVer-Net; 6 at 20x, as CellViT)",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=DEFAULT_MIN_SCORE,
+        help="coco, yolo: instances scored below this are not kept",
+    )
+    parser.add_argument(
+        "--max-overlap",
+        type=float,
+        default=DEFAULT_MAX_OVERLAP,
+        help="coco, yolo: an instance whose overlap with the pixels of higher-scored ones is more than this "
+        "fraction of its area is skipped",
+    )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
     add_source_arguments(parser, download=False, work="scoring")  # scoring reads the folds on disk
+    # No default in the parser: --protocol implies folds, anything else part1.
+    config = parser._option_string_actions["--config"]
+    config.help = "which folds and which splits (default: part1; folds with --protocol)"
+    parser.set_defaults(config=None)
     return parser
+
+
+def _protocol_paths(parser, values):
+    """{1: PRED, 2: PRED, 3: PRED} of --protocol split1=PRED split2=PRED split3=PRED, in any order."""
+    paths = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        split = name[len("split") :] if name.startswith("split") else ""
+        if not sep or not path or split not in ("1", "2", "3") or int(split) in paths:
+            parser.error(f"--protocol wants split1=PRED split2=PRED split3=PRED, each once; got {' '.join(values)}")
+        paths[int(split)] = path
+    return dict(sorted(paths.items()))
 
 
 def _check_args(parser, args):
     """Usage errors (exit 2): a source is required, and the split must exist in the config."""
     if not args.data_dir and not args.sample:
         parser.error("one of --data-dir or --sample is required")
+    if args.protocol:
+        if args.pred or args.split:
+            parser.error("--protocol names the three splits' predictions itself: not with --pred or --split")
+        if args.config not in (None, "folds"):
+            parser.error(f"--protocol scores the folds of --config folds, not --config {args.config}")
+        args.config = "folds"
+        args.protocol = _protocol_paths(parser, args.protocol)
+        return config_named(args.config)
+    if not args.pred:
+        parser.error("one of --pred or --protocol is required")
+    args.config = args.config or "part1"
     config = config_named(args.config)
     valid = pim.split_names(config)
     if args.split is None and config.split_by_fold:
@@ -410,50 +446,157 @@ def _check_output(path, option):
         raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
 
 
-def evaluate(args, config):
-    _check_output(args.json, "--json")
-    _check_output(args.per_patch, "--per-patch")
-    folds = pim.split_folds(config, args.split)
+def open_split(args, config, split, pred):
+    """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
+    folds = pim.split_folds(config, split)
     data_dir = resolve_source(args, folds, required=True)
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
     files = pim.find_folds([data_dir], folds)
     tissues = {fold: pim.check_fold(files[fold]) for fold in folds}
-    rows = pim.split_members(config, tissues, args.split_seed, ratios)[args.split]
+    rows = pim.split_members(config, tissues, args.split_seed, ratios)[split]
     if not rows:
-        raise ValueError(f"split {args.split} has no patches with these split ratios {list(ratios)}")
+        raise ValueError(f"split {split} has no patches with these split ratios {list(ratios)}")
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
 
-    pred_path = os.path.abspath(args.pred)
-    if os.path.isdir(pred_path):
-        check_prediction_folder(pred_path, [pim.patch_id(*row) for row in rows], size)
-        pred = {"layout": "folder", "path": pred_path}
-    elif os.path.isfile(pred_path):
-        open_masks_prediction(pred_path, len(rows), size)
-        pred = {"layout": "masks", "path": pred_path}
-    else:
-        raise FileNotFoundError(f"{args.pred}: no such file or folder (--pred)")
+    pred_path = os.path.abspath(pred)
+    patches = [(pim.patch_id(fold, index), coco_image_id(fold, index)) for fold, index in rows]
+    options = {"min_score": args.min_score, "max_overlap": args.max_overlap}
+    prediction = open_prediction(pred_path, args.pred_format, patches, size, **options)
+    return {
+        "split": split,
+        "data_dir": data_dir,
+        "files": files,
+        "rows": rows,
+        "tissues": [tissues[fold][index] for fold, index in rows],
+        "ratios": ratios,
+        "prediction": prediction,
+    }
 
-    logger.info("scoring %d patches of split %s against %s", len(rows), args.split, pred_path)
-    scores = score_rows(files, rows, pred, args.num_proc, args.quiet)
-    row_tissues = [tissues[fold][index] for fold, index in rows]
+
+def score_split(args, config, opened):
+    """The result of an opened split (as --json holds it), with its per-patch scores as run["scores"]."""
+    prediction = opened["prediction"]
+    for note in prediction.notes:
+        logger.warning("%s: %s", prediction.path, note)
+    logger.info("scoring %d patches of split %s against %s", len(opened["rows"]), opened["split"], prediction.path)
+    scores, counts = score_rows(opened["files"], opened["rows"], prediction, args.f1_radius, args.num_proc, args.quiet)
+    pred = {"path": prediction.path, "layout": prediction.name, "classified": prediction.classified}
+    if prediction.name in INSTANCE_LAYOUTS:
+        pred.update(min_score=args.min_score, max_overlap=args.max_overlap)
     result = {
-        **summarize(scores, row_tissues),
-        "patches": len(rows),
-        "split": args.split,
+        **summarize(scores, opened["tissues"]),
+        **detection.summarize(counts, prediction.classified, args.f1_radius),
+        "patches": len(opened["rows"]),
+        "split": opened["split"],
         "config": args.config,
         "split_seed": None if config.split_by_fold else args.split_seed,
-        "split_ratios": None if config.split_by_fold else list(ratios),
-        "source": {"data_dir": None if args.sample else data_dir, "sample": bool(args.sample)},
-        "pred": {"path": pred_path, "layout": pred["layout"]},
+        "split_ratios": None if config.split_by_fold else list(opened["ratios"]),
+        "source": {"data_dir": None if args.sample else opened["data_dir"], "sample": bool(args.sample)},
+        "pred": pred,
         "version": __version__,
     }
-    print("\n".join(report_lines(result)))
-    if args.json:
-        _write_atomically(args.json, lambda f: json.dump(_json_value(result), f, indent=2, allow_nan=False))
+    return {"result": result, "rows": opened["rows"], "tissues": opened["tissues"], "scores": scores}
+
+
+def _across(results, reduce):
+    """reduce (a list of 3 values -> one) applied to each number the papers' tables give, over the splits."""
+
+    def over(get):
+        return reduce([get(result) for result in results])
+
+    return {
+        "mPQ": over(lambda r: r["mPQ"]),
+        "bPQ": over(lambda r: r["bPQ"]),
+        "per_class": {name: over(lambda r, n=name: r["per_class"][n]) for name in pim.NUCLEUS_CLASSES},
+        "detection": {key: over(lambda r, k=key: r["detection"][k]) for key in PROTOCOL_DETECTION},
+        "f1_per_class": {name: over(lambda r, n=name: r["f1_per_class"][n]) for name in pim.NUCLEUS_CLASSES},
+        "per_tissue": {
+            tissue: {key: over(lambda r, t=tissue, k=key: r["per_tissue"][t][k]) for key in ("mPQ", "bPQ")}
+            for tissue in pim.TISSUES
+        },
+    }
+
+
+def protocol_summary(results):
+    """{"mean": ..., "std": ...} over the three splits' results; NaN wherever a split has NaN.
+
+    The standard deviation is the population one (np.std, ddof=0), over the three splits.
+    """
+    return {
+        "mean": _across(results, lambda values: float(np.mean(values))),
+        "std": _across(results, lambda values: float(np.std(values, ddof=PROTOCOL_STD_DDOF))),
+    }
+
+
+def protocol_lines(summary, results):
+    """The protocol's table: each number of each split, their mean and std."""
+    labels = list(results)
+    tests = ", ".join(f"{label} on {result['split']}" for label, result in zip(labels, results.values()))
+    lines = [
+        f"protocol of config folds: {tests}",
+        "",
+        f"{'':<26}" + "".join(f"{c:>9}" for c in [*labels, "mean", "std"]),
+    ]
+    values = [*results.values(), summary["mean"], summary["std"]]
+
+    def row(label, get):
+        lines.append(f"{label:<26}" + "".join(f"{_shown(get(v)):>9}" for v in values))
+
+    row("mPQ", lambda v: v["mPQ"])
+    row("bPQ", lambda v: v["bPQ"])
+    for key in PROTOCOL_DETECTION:
+        row(f"detection {key.replace('_', ' ')}", lambda v, k=key: v["detection"][k])
+    for name in pim.NUCLEUS_CLASSES:
+        row(f"PQ {name}", lambda v, n=name: v["per_class"][n])
+    for name in pim.NUCLEUS_CLASSES:
+        row(f"F1 {name}", lambda v, n=name: v["f1_per_class"][n])
+    for tissue in pim.TISSUES:
+        for key in ("mPQ", "bPQ"):
+            row(f"{key} {tissue}", lambda v, t=tissue, k=key: v["per_tissue"][t][k])
+    lines += ["", "std: population standard deviation (ddof=0) over the three splits"]
+    return lines
+
+
+def run_protocol(args, config):
+    """Score the three splits' test folds, then print and write each split's result, their mean and std."""
+    opened = {}
+    for k, pred in args.protocol.items():  # every prediction checked before any patch is scored
+        opened[k] = open_split(args, config, FOLD_PROTOCOL[k][2], pred)
+    runs = {k: score_split(args, config, split) for k, split in opened.items()}
+    results = {f"split{k}": run["result"] for k, run in runs.items()}
+    summary = protocol_summary(list(results.values()))
+    print("\n".join(protocol_lines(summary, results)))
+    report = {
+        "splits": results,
+        **summary,
+        "std_ddof": PROTOCOL_STD_DDOF,
+        "config": "folds",
+        "version": __version__,
+    }
+    reports = [(args.json, _json_report(report))] if args.json else []
     if args.per_patch:
-        write_per_patch(args.per_patch, rows, row_tissues, scores)
+        reports.append((args.per_patch, _per_patch_report([(f"split{k}", run) for k, run in runs.items()])))
+    _write_reports(reports)
+    return 0
+
+
+def evaluate(args, config):
+    if not (math.isfinite(args.f1_radius) and args.f1_radius >= 0):
+        raise ValueError(f"--f1-radius must be a non-negative number of pixels, got {args.f1_radius:g}")
+    _check_output(args.json, "--json")
+    _check_output(args.per_patch, "--per-patch")
+    if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):
+        raise ValueError(f"{args.json}: --json and --per-patch name the same file")
+    if args.protocol:
+        return run_protocol(args, config)
+    run = score_split(args, config, open_split(args, config, args.split, args.pred))
+    print("\n".join(report_lines(run["result"])))
+    reports = [(args.json, _json_report(run["result"]))] if args.json else []
+    if args.per_patch:
+        reports.append((args.per_patch, _per_patch_report([(None, run)])))
+    _write_reports(reports)
     return 0
 
 

@@ -51,6 +51,11 @@ def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
         ("push", "--max-shard-size"): "500MB",
         ("infos", "--out"): "dataset_infos.json of the checkout; an installed copy needs --out",
         **{("evaluate", option): value for option, value in SOURCE_DEFAULTS.items()},
+        ("evaluate", "--config"): "part1; folds with --protocol",
+        ("evaluate", "--pred-format"): "recognised from what it holds",
+        ("evaluate", "--f1-radius"): "12.0",
+        ("evaluate", "--min-score"): "0.5",
+        ("evaluate", "--max-overlap"): "0.5",
     }
     assert shown == expected
 

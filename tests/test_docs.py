@@ -11,7 +11,9 @@ from convert.__main__ import main
 
 # Blocks that import a training framework, per file: counted here, run by the consumer tier. A new one must be
 # added here (and to consumer_tests/), so that none is skipped silently.
-CONSUMER_BLOCKS = {"docs/formats.md": 1}  # the torchvision recipe: consumer_tests/test_torchvision.py
+# docs/formats.md: the torchvision recipe (consumer_tests/test_torchvision.py); docs/evaluate.md: the Ultralytics
+# and Mask R-CNN prediction recipes (consumer_tests/test_predictions.py).
+CONSUMER_BLOCKS = {"docs/formats.md": 1, "docs/evaluate.md": 2}
 
 
 def _read(name):

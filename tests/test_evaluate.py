@@ -4,17 +4,21 @@ import csv
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
+import f1_oracle
 import numpy as np
 import pq_oracle
 import pytest
 from pannuke_fixtures import raw_fold
 
 import pannuke_imagemask as pim
+from convert import detection
 from convert import evaluate as ev
 from convert.__main__ import main
+from convert.predictions import PatchPrediction, hovernet_to_channels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERFECT_1 = 1 / (1 + 1e-6)  # one nucleus found exactly: the official script's 0.999999
@@ -132,13 +136,13 @@ def test_a_nucleus_takes_the_class_of_most_of_its_pixels_ties_to_the_lower_type(
     instance[0, :], types[0, :] = 50, [2, 2, 2, 5]  # inflammatory
     instance[1, :], types[1, :] = 7, [4, 4, 1, 1]  # tie: neoplastic
     instance[2, :], types[2, :] = 300, [0, 0, 0, 3]  # mostly background: dropped
-    out = ev.hovernet_to_channels(instance, types)
+    out = hovernet_to_channels(instance, types)
     expected = np.zeros((4, 4, 5), dtype=np.int64)
     expected[0, :, 1] = 2
     expected[1, :, 0] = 1
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match="type channel has values above 5"):
-        ev.hovernet_to_channels(instance, types + 3)
+        hovernet_to_channels(instance, types + 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +207,33 @@ def fold1_prediction(three_folds, tmp_path_factory):
     return {"masks": masks, "tissues": tissues, "preds": preds, "path": str(path)}
 
 
+def f1_expected(masks, preds, radius=12):
+    """HoVer-Net's F1 numbers of masks-layout predictions: truth from the instance mask, predictions collapsed."""
+    patches = [(*f1_oracle.truth_nuclei(m), *f1_oracle.binary_nuclei(p)) for m, p in zip(masks, preds)]
+    return f1_oracle.type_stats(patches, radius)
+
+
+def assert_f1(result, expected, radius=12):
+    got = result["detection"]
+    assert got["radius"] == radius
+    for key in ("f1", "precision", "recall", "type_accuracy"):
+        assert got[key] == expected[key], key  # integer counts, the same formulas: exact
+    assert list(result["f1_per_class"]) == pim.NUCLEUS_CLASSES
+    for t, name in enumerate(pim.NUCLEUS_CLASSES, start=1):
+        value = result["f1_per_class"][name]
+        assert (value is None and math.isnan(expected["f1_per_type"][t])) or value == expected["f1_per_type"][t]
+
+
 @pytest.fixture(scope="module")
 def oracle_fold1(fold1_prediction):
     masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
     scores = [pq_oracle.patch_scores(np.asarray(masks[i]), preds[i]) for i in range(len(masks))]
     return scores, pq_oracle.summarize(scores, fold1_prediction["tissues"])
+
+
+@pytest.fixture(scope="module")
+def f1_fold1(fold1_prediction):
+    return f1_expected(fold1_prediction["masks"], fold1_prediction["preds"])
 
 
 def test_patch_scores_equal_the_oracle_on_randomised_predictions(fold1_prediction, oracle_fold1):
@@ -236,7 +262,7 @@ def _run(three_folds, pred, tmp_path, *extra):
 
 
 def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overall(
-    three_folds, fold1_prediction, oracle_fold1, tmp_path, capsys
+    three_folds, fold1_prediction, oracle_fold1, f1_fold1, tmp_path, capsys
 ):
     result, rows = _run(three_folds, fold1_prediction["path"], tmp_path)
     scores, summary = oracle_fold1
@@ -259,10 +285,23 @@ def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overal
         close([np.nan if got[k] is None else got[k] for k in ("mPQ", "bPQ")], [expected["mPQ"], expected["bPQ"]])
     assert result["patches"] == 24 and result["split"] == "fold1" and result["config"] == "folds"
     assert result["split_seed"] is None and result["source"] == {"data_dir": three_folds, "sample": False}
-    assert result["pred"] == {"path": fold1_prediction["path"], "layout": "masks"}
+    assert result["pred"] == {"path": fold1_prediction["path"], "layout": "masks", "classified": True}
+    assert_f1(result, f1_fold1)
+    assert 0.3 < f1_fold1["f1"] < 0.95 and 0.3 < f1_fold1["type_accuracy"] < 0.95  # neither trivial nor perfect
     out = capsys.readouterr().out
     assert f"mPQ  {summary['mPQ']:.4f}" in out and f"bPQ  {summary['bPQ']:.4f}" in out
+    assert f"detection F1   {f1_fold1['f1']:.4f}  (precision {f1_fold1['precision']:.4f}, " in out
+    assert f"type accuracy  {f1_fold1['type_accuracy']:.4f}" in out
+    name, value = pim.NUCLEUS_CLASSES[3], summary["per_class"][pim.NUCLEUS_CLASSES[3]]
+    assert f"{name:<14} {value:>8.4f} {f1_fold1['f1_per_type'][4]:>8.4f}" in out
     assert "Colon" in out and "n/a" in out
+
+
+def test_the_f1_radius_is_an_option(three_folds, fold1_prediction, tmp_path):
+    result, _ = _run(three_folds, fold1_prediction["path"], tmp_path, "--f1-radius", "6")
+    expected = f1_expected(fold1_prediction["masks"], fold1_prediction["preds"], radius=6)
+    assert_f1(result, expected, radius=6)
+    assert expected["f1"] < f1_expected(fold1_prediction["masks"], fold1_prediction["preds"])["f1"]
 
 
 def test_a_split_over_three_folds_equals_the_oracle(three_folds, tmp_path):
@@ -311,7 +350,8 @@ def test_both_prediction_layouts_give_identical_numbers(three_folds, fold1_predi
     from_masks, masks_rows = _run(three_folds, str(tmp_path / "masks.npy"), tmp_path)
     assert folder_rows == masks_rows
     assert {**from_folder, "pred": None} == {**from_masks, "pred": None}
-    assert from_folder["pred"]["layout"] == "folder"
+    assert from_folder["pred"]["layout"] == "hovernet"
+    assert from_folder["detection"]["f1"] == f1_expected(fold1_prediction["masks"], flat)["f1"]
 
 
 def test_two_processes_end_and_give_identical_numbers(three_folds, fold1_prediction, tmp_path):
@@ -442,3 +482,197 @@ def test_the_sample_is_scored_perfectly_by_its_own_masks(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["source"] == {"data_dir": None, "sample": True}
     assert 0.9999 < result["mPQ"] < 1 and 0.9999 < result["bPQ"] < 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-agnostic predictions, the split options, the three-split protocol.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_class_agnostic_prediction_has_no_class_pq_or_mpq_but_its_bpq_and_detection():
+    prediction = PatchPrediction(TRUTH.copy(), np.array([[0.5, 0.5], [1.0, 4.5]]), np.zeros(2, dtype=np.int64))
+    scores, counts = ev.score_patch(TRUTH, prediction, 12, classified=False)
+    assert np.isnan(scores[:6]).all() and scores[6] == 4 / (4 + 1e-6)
+    found = dict(zip(detection.COUNT_COLUMNS, counts))
+    assert (found["pairs"], found["unpaired_pred"], found["unpaired_true"], found["same_type"]) == (2, 0, 2, 0)
+
+
+def test_the_scored_rows_are_the_builders_split_for_any_seed_and_ratios(kaggle_part1, tmp_path):
+    cache = str(tmp_path / "cache")
+    seeds_ratios = [(7, ["0.5", "0.25", "0.25"]), (0, ["0.6", "0.2", "0.2"])]
+    rows_seen = []
+    for seed, ratios in seeds_ratios:
+        built = pim.build(
+            "part1", data_dir=kaggle_part1, cache_dir=cache, split_seed=seed, split_ratios=tuple(map(float, ratios))
+        )
+        for split in ("validation", "test"):
+            ids = built[split]["id"]
+            np.save(tmp_path / "p.npy", np.zeros((len(ids), 256, 256, 5), np.uint8))
+            argv = ["evaluate", "--pred", str(tmp_path / "p.npy"), "--data-dir", kaggle_part1, "--split", split]
+            argv += ["--split-seed", str(seed), "--split-ratios", *ratios, "--per-patch", str(tmp_path / "r.csv")]
+            assert main([*argv, "--quiet"]) == 0
+            with open(tmp_path / "r.csv", newline="") as f:
+                scored = [row[0] for row in list(csv.reader(f))[1:]]
+            assert scored == ids  # the same patches, in the same order
+            rows_seen.append(scored)
+    assert rows_seen[1] != rows_seen[3]  # the seed and ratios changed the test split
+
+
+@pytest.fixture(scope="module")
+def protocol_predictions(three_folds, fold1_prediction, tmp_path_factory):
+    """split1: fold 3's truth; split2: a perturbed fold 3; split3: the perturbed fold 1 of the other tests."""
+    _, masks, _ = raw_fold(three_folds, 3, "official")
+    rng = np.random.default_rng(12)
+    folder = tmp_path_factory.mktemp("protocol")
+    np.save(folder / "split1.npy", np.asarray(masks[..., :5]))
+    np.save(folder / "split2.npy", np.stack([perturb(m[..., :5], rng) for m in masks]).astype(np.int32))
+    return {1: str(folder / "split1.npy"), 2: str(folder / "split2.npy"), 3: fold1_prediction["path"]}
+
+
+def _protocol_argv(three_folds, paths):
+    return ["evaluate", "--protocol", *[f"split{k}={path}" for k, path in paths.items()], "--data-dir", three_folds]
+
+
+def _single(three_folds, pred, split, tmp_path):
+    argv = ["evaluate", "--pred", pred, "--data-dir", three_folds, "--config", "folds", "--split", split]
+    assert main([*argv, "--json", str(tmp_path / "single.json"), "--quiet"]) == 0
+    return json.loads((tmp_path / "single.json").read_text())
+
+
+def _numbers(result):
+    """Every number the protocol aggregates, by name: None stays None."""
+    out = {"mPQ": result["mPQ"], "bPQ": result["bPQ"]}
+    out.update({f"PQ {n}": v for n, v in result["per_class"].items()})
+    out.update({f"detection {k}": result["detection"][k] for k in ("f1", "precision", "recall", "type_accuracy")})
+    out.update({f"F1 {n}": v for n, v in result["f1_per_class"].items()})
+    for tissue, t in result["per_tissue"].items():
+        out.update({f"{tissue} mPQ": t["mPQ"], f"{tissue} bPQ": t["bPQ"]})
+    return out
+
+
+def test_the_protocol_scores_split_1_and_2_on_fold_3_and_split_3_on_fold_1(
+    three_folds, protocol_predictions, tmp_path, capsys
+):
+    # The splits are given out of order: each is still scored on its own test fold.
+    paths = {3: protocol_predictions[3], 1: protocol_predictions[1], 2: protocol_predictions[2]}
+    argv = [*_protocol_argv(three_folds, paths), "--json", str(tmp_path / "p.json"), "--per-patch"]
+    assert main([*argv, str(tmp_path / "p.csv"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert list(report["splits"]) == ["split1", "split2", "split3"] and report["std_ddof"] == 0
+    for k, fold in ((1, "fold3"), (2, "fold3"), (3, "fold1")):
+        assert report["splits"][f"split{k}"] == _single(three_folds, protocol_predictions[k], fold, tmp_path)
+    splits = [_numbers(report["splits"][f"split{k}"]) for k in (1, 2, 3)]
+    mean, std = _numbers(report["mean"]), _numbers(report["std"])
+    assert list(mean) == list(splits[0]) and len(mean) == 2 + 5 + 4 + 5 + 2 * 19
+    for name in mean:
+        values = [s[name] for s in splits]
+        if None in values:
+            assert mean[name] is None and std[name] is None, name
+        else:
+            close(mean[name], statistics.fmean(values))
+            close(std[name], statistics.pstdev(values))
+    assert splits[0]["detection f1"] == 1.0 and splits[0]["detection type_accuracy"] == 1.0  # the truth itself
+    assert 0 < std["mPQ"] < 0.5 and mean["Breast mPQ"] is not None
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["split", *ev.PER_PATCH_COLUMNS]
+    assert [r[:2] for r in rows[1:24]] == [["split1", pim.patch_id(3, i)] for i in range(23)]
+    assert [r[:2] for r in rows[24:47]] == [["split2", pim.patch_id(3, i)] for i in range(23)]
+    assert [r[:2] for r in rows[47:]] == [["split3", pim.patch_id(1, i)] for i in range(24)]
+    assert "protocol of config folds: split1 on fold3, split2 on fold3, split3 on fold1" in out
+    assert f"{'mPQ':<26}" + "".join(f"{v:>9.4f}" for v in [*(s["mPQ"] for s in splits), mean["mPQ"], std["mPQ"]]) in out
+    assert "std: population standard deviation (ddof=0) over the three splits" in out
+
+
+def _fake_result(value, tissue_value=None):
+    classes = {name: value for name in pim.NUCLEUS_CLASSES}
+    tissue = value if tissue_value is None else tissue_value
+    return {
+        "mPQ": value,
+        "bPQ": value / 2,
+        "per_class": classes,
+        "detection": {"f1": value, "precision": value, "recall": value, "type_accuracy": value, "radius": 12.0},
+        "f1_per_class": classes,
+        "per_tissue": {t: {"patches": 1, "mPQ": tissue, "bPQ": tissue} for t in pim.TISSUES},
+    }
+
+
+def test_the_protocol_mean_and_population_std_by_hand():
+    summary = ev.protocol_summary([_fake_result(0.4), _fake_result(0.5, math.nan), _fake_result(0.6)])
+    assert summary["mean"]["mPQ"] == pytest.approx(0.5, abs=1e-15)
+    assert summary["std"]["mPQ"] == pytest.approx(0.1 * math.sqrt(2 / 3), abs=1e-15)  # ddof=0, not 0.1
+    assert summary["mean"]["bPQ"] == pytest.approx(0.25, abs=1e-15)
+    assert summary["std"]["detection"]["type_accuracy"] == pytest.approx(0.1 * math.sqrt(2 / 3), abs=1e-15)
+    assert "radius" not in summary["mean"]["detection"]
+    # A number one split does not have (a tissue without patches, a class-agnostic split) has no mean.
+    assert math.isnan(summary["mean"]["per_tissue"]["Breast"]["mPQ"])
+    assert math.isnan(summary["std"]["per_tissue"]["Breast"]["bPQ"])
+
+
+def test_a_bad_protocol_prediction_is_one_line_nothing_scored_nothing_written(
+    three_folds, protocol_predictions, tmp_path, capsys
+):
+    np.save(tmp_path / "short.npy", np.zeros((20, 256, 256, 5), np.uint8))
+    paths = {**protocol_predictions, 3: str(tmp_path / "short.npy")}
+    argv = [*_protocol_argv(three_folds, paths), "--per-patch", str(tmp_path / "p.csv")]
+    err = _error(argv, capsys, tmp_path)
+    assert "short.npy: 20 predictions, the split has 24 patches" in err
+    assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob("*.incomplete"))
+
+
+def test_protocol_usage_errors_exit_2(three_folds, protocol_predictions, capsys):
+    one, two = (f"split{k}={protocol_predictions[k]}" for k in (1, 2))
+    cases = [
+        (["--protocol", one, two, one], "--protocol wants split1=PRED split2=PRED split3=PRED, each once"),
+        (["--protocol", one, two, "split4=x"], "--protocol wants split1=PRED"),
+        (["--protocol", one, two, "split3"], "--protocol wants split1=PRED"),
+        (["--protocol", one, two, "split3=x", "--pred", "p.npy"], "not with --pred or --split"),
+        (["--protocol", one, two, "split3=x", "--config", "all"], "--protocol scores the folds of --config folds"),
+        ([], "one of --pred or --protocol is required"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", "--data-dir", three_folds, *extra])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_bad_f1_radius_or_one_file_for_both_reports_is_one_line(three_folds, fold1_prediction, tmp_path, capsys):
+    base = ["evaluate", "--pred", fold1_prediction["path"], "--data-dir", three_folds, "--config", "folds"]
+    base += ["--split", "fold1"]
+    err = _error([*base, "--f1-radius", "-1"], capsys, tmp_path)
+    assert "--f1-radius must be a non-negative number of pixels, got -1" in err
+    assert "--f1-radius must be" in _error([*base, "--f1-radius", "nan"], capsys, tmp_path)
+    out = tmp_path / "bad.json"
+    assert main([*base, "--json", str(out), "--per-patch", str(out), "--quiet"]) == 1
+    assert "--json and --per-patch name the same file" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_cellpose_prediction_scores_bpq_and_detection_and_leaves_the_classes_not_available(
+    three_folds, fold1_prediction, tmp_path, capsys
+):
+    from PIL import Image
+
+    folder = tmp_path / "cellpose"
+    folder.mkdir()
+    preds = fold1_prediction["preds"]
+    for i, pred in enumerate(preds):
+        collapsed = pq_oracle.binarize(pred)
+        if collapsed.any():  # cellpose writes no file for an image without masks
+            Image.fromarray(collapsed.astype(np.uint16)).save(folder / f"{pim.patch_id(1, i)}_cp_masks.png")
+    result, rows = _run(three_folds, str(folder), tmp_path)
+    masks = fold1_prediction["masks"]
+    expected = pq_oracle.summarize(
+        [pq_oracle.patch_scores(np.asarray(masks[i]), preds[i]) for i in range(len(masks))], fold1_prediction["tissues"]
+    )
+    assert result["pred"] == {"path": str(folder), "layout": "cellpose", "classified": False}
+    close(result["bPQ"], expected["bPQ"])
+    assert result["mPQ"] is None and set(result["per_class"].values()) == {None}
+    assert {t["mPQ"] for t in result["per_tissue"].values()} == {None}
+    assert result["detection"]["type_accuracy"] is None and set(result["f1_per_class"].values()) == {None}
+    # Detection ignores types: the same as the classified prediction's.
+    assert result["detection"]["f1"] == f1_expected(masks, preds)["f1"]
+    assert all(r[4:10] == [""] * 6 for r in rows[1:])  # class PQs and mPQ: empty cells, not 0
+    out = capsys.readouterr().out
+    assert "mPQ  n/a" in out and "type accuracy  n/a" in out and f"{'dead':<14} {'n/a':>8} {'n/a':>8}" in out

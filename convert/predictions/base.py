@@ -1,0 +1,249 @@
+"""What every prediction reader shares: the per-patch result, the reader's base class and the id checks."""
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+import pannuke_imagemask as pim
+
+NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
+MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
+
+
+class PredictionError(ValueError):
+    """A prediction file is damaged, foreign to the split, or not in its layout."""
+
+
+class PatchPrediction(NamedTuple):
+    """One patch's prediction: class channels for PQ, one point and type per nucleus for F1."""
+
+    channels: np.ndarray  # (H, W, 5) integer instance ids per class channel 0..4
+    centroids: np.ndarray  # (N, 2) float64 (x, y) of each predicted nucleus
+    types: np.ndarray  # (N,) int64: 1..5 = class + 1 (HoVer-Net's type ids); 0 = no type
+
+
+class Prediction:
+    """A split's predictions in one layout; read(position) gives the PatchPrediction of the split's row.
+
+    Opened once in the parent and handed to workers: subclasses keep only paths and small tables in their
+    state and open files lazily (a memory map in _cache is dropped when pickled).
+    """
+
+    name = ""
+    classified = True
+
+    def __init__(self, path, patches, size):
+        self.path = path
+        self.patches = [(str(patch), image_id) for patch, image_id in patches]
+        self.size = tuple(int(s) for s in size)
+        self.notes = []
+        self._cache = {}
+
+    def __len__(self):
+        return len(self.patches)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": {}}
+
+    def patch(self, position):
+        return self.patches[position][0]
+
+    def read(self, position):
+        raise NotImplementedError
+
+
+def empty_prediction(size):
+    """A patch without any predicted nucleus."""
+    return PatchPrediction(
+        np.zeros((*size, pim.NUM_CLASS_CHANNELS), dtype=np.int64), np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    )
+
+
+def pixel_means(positions, numbers, count, width):
+    """(count, 2) mean (x, y) of the pixels of each number 0..count-1 (each has some), at flat positions."""
+    rows, cols = np.divmod(positions, width)
+    area = np.bincount(numbers, minlength=count)
+    x = np.bincount(numbers, weights=cols, minlength=count)
+    y = np.bincount(numbers, weights=rows, minlength=count)
+    return np.stack([x / area, y / area], axis=1)
+
+
+def from_instances(instance_map, ids, types, centroids=None, where="prediction"):
+    """A PatchPrediction of one (H, W) instance map whose nucleus ids[k] has type types[k] (0..5).
+
+    Nuclei are numbered 1..n in increasing order of their ids; a nucleus of type t >= 1 goes whole to class
+    channel t - 1, one of type 0 to no channel (HoVer-Net's background) but still counts for detection F1.
+    centroids (N, 2) (x, y), as HoVer-Net's inst_centroid, else the mean (x, y) of each nucleus' pixels; with
+    given centroids a listed id may have no pixels (it then counts for F1 only). Every id of the map must be
+    listed; ids are non-negative integers up to int32's max, in any order, not necessarily contiguous.
+    """
+    instance = check_ids(instance_map, where, "instance map")
+    height, width = instance.shape
+    ids = np.asarray(ids).reshape(-1).astype(np.int64)
+    types = np.asarray(types).reshape(-1).astype(np.int64)
+    if len(types) != len(ids):
+        raise PredictionError(f"{where}: {len(ids)} nuclei but {len(types)} types")
+    if ids.size and (ids.min() < 1 or ids.max() > MAX_PRED_ID):
+        raise PredictionError(
+            f"{where}: nucleus id {ids.min() if ids.min() < 1 else ids.max()} is not in 1..{MAX_PRED_ID}"
+        )
+    if types.size and (types.min() < 0 or types.max() >= NUM_TYPES):
+        bad = types[(types < 0) | (types >= NUM_TYPES)][0]
+        raise PredictionError(f"{where}: nucleus type {bad} is not in 0..{NUM_TYPES - 1}")
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    twice = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+    if twice.size:
+        raise PredictionError(f"{where}: nucleus id {twice[0]} listed twice")
+    flat = instance.ravel()
+    nonzero = np.flatnonzero(flat)
+    values = flat[nonzero]
+    if len(ids) and sorted_ids[-1] == len(ids) and values.max(initial=0) <= len(ids):
+        place = values.astype(np.int64) - 1  # ids 1..n (no repeats, the smallest 1): each id is its place
+    else:
+        place = np.minimum(np.searchsorted(sorted_ids, values), max(len(ids) - 1, 0))
+        unknown = sorted_ids[place] != values if len(ids) else np.ones(len(nonzero), dtype=bool)
+        if unknown.any():
+            raise PredictionError(f"{where}: instance {values[unknown][0]} of the map has no type")
+    # Numbers 1..n over the listed ids present in the map, in increasing id order, as evaluate renumbers.
+    present = np.zeros(len(ids), dtype=bool)
+    present[place] = True
+    number_of = np.cumsum(present)  # the number of sorted id k, if present
+    numbers = number_of[place]  # of the nonzero pixels
+    n = int(number_of[-1]) if len(ids) else 0
+    number_type = np.zeros(n + 1, dtype=np.int64)
+    number_type[number_of[present]] = types[order][present]
+    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
+    pixel_type = number_type[numbers]
+    kept = pixel_type != 0
+    channels[nonzero[kept], pixel_type[kept] - 1] = numbers[kept]
+    channels = channels.reshape(height, width, pim.NUM_CLASS_CHANNELS)
+    if centroids is None:
+        if n < len(ids):
+            raise PredictionError(f"{where}: nucleus {sorted_ids[~present][0]} has no pixels in the instance map")
+        points = np.empty((len(ids), 2))
+        points[order] = pixel_means(nonzero, numbers - 1, n, width)
+    else:
+        points = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+        if len(points) != len(ids):
+            raise PredictionError(f"{where}: {len(ids)} nuclei but {len(points)} centroids")
+        if not np.isfinite(points).all():
+            raise PredictionError(f"{where}: centroids have non-finite values (NaN or inf)")
+    return PatchPrediction(channels, points, types)
+
+
+def majority_types(instance, types):
+    """(ids, type of each) of an instance map and a type map: the type most of its pixels have, ties to the lower.
+
+    A nucleus whose pixels are mostly type 0 gets type 0.
+    """
+    values, inverse = np.unique(instance.ravel(), return_inverse=True)
+    inverse = inverse.ravel()
+    votes = np.bincount(inverse * NUM_TYPES + types.ravel(), minlength=len(values) * NUM_TYPES)
+    kind = votes.reshape(len(values), NUM_TYPES).argmax(axis=1)
+    nucleus = values != 0
+    return values[nucleus], kind[nucleus]
+
+
+def check_ids(values, where, what="prediction", channels=None):
+    """Values as integers, or raise naming where if one is not a finite non-negative integer up to int32's max.
+
+    With channels, only the first that many channels (last axis) are checked; the others may hold anything.
+    """
+    values = np.asarray(values)
+    # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
+    if values.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
+            ids = values.astype(np.int64)
+        checked = values[..., :channels]
+        if np.array_equal(ids, values) or np.array_equal(ids[..., :channels], checked):
+            values = ids
+        else:
+            if not np.isfinite(checked).all():
+                raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
+            bad = checked[checked != np.floor(checked)]
+            if bad.size:
+                raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
+            # Left: integers beyond int64, which the range check below names.
+    if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
+        low, high = values[..., :channels].min(), values[..., :channels].max()
+        if low < 0:
+            raise ValueError(f"{where}: {what} has negative values (min {low:g})")
+        if high > MAX_PRED_ID:
+            raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
+    # Integers of up to 32 bits mix with the int64 keys as int64; uint64 would turn them into floats.
+    return values if values.dtype.kind in "iu" and values.dtype.itemsize <= 4 else values.astype(np.int64)
+
+
+def hovernet_to_channels(instance, types, where="prediction"):
+    """(H, W, 5) class channels from an instance map and a type map (0 background, 1..5 the classes).
+
+    A nucleus goes, whole, to the channel of the type most of its pixels have (ties to the lower type);
+    a nucleus whose pixels are mostly type 0 is dropped, as the type map calls it background.
+    """
+    return hovernet_prediction(instance, types, where).channels
+
+
+def hovernet_prediction(instance, types, where="prediction"):
+    """The PatchPrediction of an instance map and a type map, each nucleus of its majority type."""
+    instance = check_ids(instance, where, "instance channel")
+    types = check_ids(types, where, "type channel")
+    if types.max(initial=0) >= NUM_TYPES:
+        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
+    ids, kinds = majority_types(instance, types)
+    return from_instances(instance, ids, kinds, where=where)
+
+
+def check_dtype(path, dtype):
+    if dtype.kind not in "biuf":
+        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
+
+
+def listing(folder):
+    """The visible file names of a folder, sorted."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def class_agnostic(instance, where):
+    """The PatchPrediction of an instance map without classes: every nucleus in channel 0, of type 0 (unknown)."""
+    instance = check_ids(instance, where, "instance map")
+    if instance.max(initial=0) < 1 << 20:  # cellpose's 16-bit ids: a histogram is faster than sorting
+        ids = np.flatnonzero(np.bincount(instance.ravel()))
+        ids = ids[ids != 0]
+    else:
+        ids = np.unique(instance)
+        ids = ids[ids != 0]
+    prediction = from_instances(instance, ids, np.ones(len(ids), dtype=np.int64), where=where)
+    return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
+
+
+PNG_MODES = {"L": "8-bit grey", "I;16": "16-bit grey", "P": "palette"}
+
+
+def check_png(path, size, modes):
+    """Check a PNG's header: its size and that its mode is one of modes (keys of PNG_MODES); returns the mode."""
+    try:
+        with Image.open(path) as image:
+            kind, mode, (width, height) = image.format, image.mode, image.size
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for a damaged or foreign file
+        raise PredictionError(f"{path}: not a readable PNG ({exc})") from None
+    if kind != "PNG":
+        raise PredictionError(f"{path}: a {kind} image, expected a PNG")
+    if mode not in modes:
+        wanted = " or ".join(PNG_MODES[m] for m in modes)
+        raise PredictionError(f"{path}: a {mode} PNG, expected one {wanted} channel")
+    if (height, width) != tuple(size):
+        raise PredictionError(f"{path}: {width}x{height} pixels, the patches are {size[1]}x{size[0]}")
+    return mode
+
+
+def read_png(path, size, modes):
+    """The pixels of a PNG checked as check_png checks it; a damaged body is a one-line error too."""
+    check_png(path, size, modes)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PredictionError(f"{path}: not a readable PNG ({exc})") from None

@@ -1,0 +1,64 @@
+"""`cellpose`: cellpose's `--save_png` masks, <id>_cp_masks.png (or <id>_masks.png), 16-bit instance ids.
+
+cellpose/io.py `save_masks`: 0 background, 1..N the nuclei, no classes, and no file for an image without
+masks. Class-agnostic: every nucleus goes to channel 0 with type 0. Its default output, `_seg.npy`, is a
+pickle and is never read.
+"""
+
+import os
+
+from .base import Prediction, PredictionError, check_png, class_agnostic, empty_prediction, listing, read_png
+
+NAME = "cellpose"
+SUFFIXES = ("_cp_masks", "_masks")  # cellpose's own output first; _masks is its training files' name
+MODES = ("I;16", "L")
+
+
+def recognise(path):
+    if not os.path.isdir(path):
+        return False
+    return any(name.endswith(("_masks.png", "_seg.npy", "_cp_masks.tif")) for name in os.listdir(path))
+
+
+def mask_suffix(names):
+    """The suffix of the folder's mask files: _cp_masks if there is one such file, else _masks."""
+    for suffix in SUFFIXES:
+        if any(name.endswith(f"{suffix}.png") for name in names):
+            return suffix
+    return SUFFIXES[0]
+
+
+class CellposePrediction(Prediction):
+    name = NAME
+    classified = False
+
+    def __init__(self, path, patches, size, suffix):
+        super().__init__(path, patches, size)
+        self.suffix = suffix
+
+    def read(self, position):
+        path = os.path.join(self.path, f"{self.patch(position)}{self.suffix}.png")
+        if not os.path.exists(path):  # cellpose writes no file for an image without masks
+            return empty_prediction(self.size)
+        return class_agnostic(read_png(path, self.size, MODES), path)
+
+
+def open_layout(path, patches, size, **options):
+    names = listing(path)
+    suffix = mask_suffix(names)
+    masks = [name for name in names if name.endswith(f"{suffix}.png")]
+    if not masks:
+        refused = [name for name in names if name.endswith(("_seg.npy", "_cp_masks.tif"))]
+        if refused:
+            raise PredictionError(
+                f"{path}: cellpose's {refused[0]} is not read ({'a pickle' if refused[0].endswith('.npy') else 'TIF'}): "
+                "predict with --save_png to write <name>_cp_masks.png"
+            )
+    prediction = CellposePrediction(path, patches, size, suffix)
+    known = {f"{patch}{suffix}.png" for patch, _ in prediction.patches}
+    foreign = [name for name in masks if name not in known]
+    if foreign:
+        raise PredictionError(f"{path}: {len(foreign)} mask file(s) not in the split, the first {foreign[0]}")
+    for name in masks:
+        check_png(os.path.join(path, name), prediction.size, MODES)
+    return prediction
