@@ -38,4 +38,3 @@ def combine(pieces, scores, types, min_score, max_overlap, size, where):
         window[free] = len(kept_types) + 1
         kept_types.append(types[k])
     return from_instances(instance, np.arange(1, len(kept_types) + 1), kept_types, where=where)
-
