@@ -171,6 +171,24 @@ def test_verify_names_a_missing_an_extra_and_a_changed_file(name, export_tree, c
     assert line.startswith(f"{changed}: {message}"), line
 
 
+# The release whose files of a format differ from those of every earlier one, written out.
+CHANGED_IN = {"coco": "1.3.0", "imagemask": "1.3.0", "yolo": "1.2.0"}
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_a_tree_from_before_the_formats_last_change_says_to_export_again(name, export_tree, cache, tmp_path, capsys):
+    assert get_format(name).changed_in == CHANGED_IN.get(name)
+    tree = copy_tree(export_tree(name), tmp_path)
+    manifest = json.loads((tree / "export.json").read_text())
+    (tree / "export.json").write_text(json.dumps({**manifest, "version": "1.1.9"}))
+    if name in CHANGED_IN:  # every file would differ: one line says why
+        assert _verify(tree, cache, capsys) == (
+            1, [f"export.json: written by 1.1.9; {name} files changed in {CHANGED_IN[name]}: export again"]
+        )  # fmt: skip
+    else:  # its files are those of every release
+        assert _verify(tree, cache, capsys) == (0, [])
+
+
 # --- damaged files: every kind of file of every format, the same damages where they apply -------------------
 
 GARBAGE = b"\x00\x01garbage\xff\n"

@@ -29,21 +29,6 @@ DATASET_JSON = {
 FOLD_SOURCES = {1: ("", "kaggle"), 2: ("fold_2", "kaggle-flat"), 3: ("", "official")}
 
 
-@pytest.fixture(scope="module")
-def part1(export_tree):
-    return export_tree("nnunet")
-
-
-@pytest.fixture(scope="module")
-def folds(export_tree):
-    return export_tree("nnunet", config="folds")
-
-
-@pytest.fixture(scope="module")
-def all_config(export_tree):
-    return export_tree("nnunet", config="all")
-
-
 def _ids(members):
     return [f"fold{fold}_{index:05d}" for fold, index in sorted(members)]
 
@@ -74,7 +59,8 @@ def _check_case(tree, images, labels, case, reference):
     np.testing.assert_array_equal(label, semantic)
 
 
-def test_part1_files_pixels_and_labels(part1, part1_ids, kaggle_part1):
+def test_part1_files_pixels_and_labels(export_tree, part1_ids, kaggle_part1):
+    part1 = export_tree("nnunet")
     reference = _reference(kaggle_part1, 1, "kaggle")
     training = sorted(part1_ids["train"] + part1_ids["validation"])
     test = part1_ids["test"]
@@ -91,7 +77,8 @@ def test_part1_files_pixels_and_labels(part1, part1_ids, kaggle_part1):
         _check_case(part1, "imagesTs", "labelsTs", case, reference)
 
 
-def test_part1_dataset_json_and_splits(part1, part1_ids):
+def test_part1_dataset_json_and_splits(export_tree, part1_ids):
+    part1 = export_tree("nnunet")
     training = len(part1_ids["train"]) + len(part1_ids["validation"])
     assert training == 23  # the reference split of 24 patches: 19 train, 4 validation, 1 test
     assert json.loads((part1 / "dataset.json").read_text()) == {**DATASET_JSON, "numTraining": 23}
@@ -102,7 +89,8 @@ def test_part1_dataset_json_and_splits(part1, part1_ids):
     assert splits == [{"train": part1_ids["train"], "val": part1_ids["validation"]}]
 
 
-def test_folds_put_every_fold_in_training_with_the_protocol_splits(folds, three_folds):
+def test_folds_put_every_fold_in_training_with_the_protocol_splits(export_tree, three_folds):
+    folds = export_tree("nnunet", config="folds")
     ids = {f"fold{f}": [f"fold{f}_{i:05d}" for i in range(n)] for f, n in THREE_FOLD_PATCHES.items()}
     every = sorted(ids["fold1"] + ids["fold2"] + ids["fold3"])
     assert sorted(os.listdir(folds)) == sorted(["dataset.json", "splits_final.json", "imagesTr", "labelsTr", *REPORTS])
@@ -121,7 +109,8 @@ def test_folds_put_every_fold_in_training_with_the_protocol_splits(folds, three_
     ]
 
 
-def test_all_config_maps_like_part1(all_config, three_folds):
+def test_all_config_maps_like_part1(export_tree, three_folds):
+    all_config = export_tree("nnunet", config="all")
     tissues = {fold: fake_tissues(n, fold) for fold, n in THREE_FOLD_PATCHES.items()}
     ids = {split: _ids(members) for split, members in reference_split(tissues, 0, (0.8, 0.15, 0.05)).items()}
     training = sorted(ids["train"] + ids["validation"])
@@ -148,7 +137,8 @@ def _verify(tree, cache, capsys):
     return code, capsys.readouterr().out.splitlines()
 
 
-def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, cache, tmp_path, capsys):
+def test_verify_passes_then_names_each_changed_or_extra_file(export_tree, part1_ids, cache, tmp_path, capsys):
+    part1 = export_tree("nnunet")
     tree = tmp_path / "Dataset500_PanNuke"
     shutil.copytree(part1, tree)
     assert _verify(tree, cache, capsys) == (0, [])
@@ -182,9 +172,9 @@ def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, c
     )
 
 
-@pytest.mark.parametrize("which", ["folds", "all_config"])
-def test_three_fold_trees_verify(which, request, cache, capsys):
-    assert _verify(request.getfixturevalue(which), cache, capsys) == (0, [])
+@pytest.mark.parametrize("config", ["folds", "all"])
+def test_three_fold_trees_verify(config, export_tree, cache, capsys):
+    assert _verify(export_tree("nnunet", config=config), cache, capsys) == (0, [])
 
 
 def test_a_folder_nnunet_cannot_find_gets_a_warning():

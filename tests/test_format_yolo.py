@@ -1,6 +1,5 @@
 """python -m convert export --format yolo: every line filled back as Ultralytics reads it, data.yaml, verify."""
 
-import json
 import os
 import shutil
 
@@ -162,17 +161,4 @@ def test_verify_accepts_the_files_ultralytics_leaves_and_names_any_other(export_
     assert capsys.readouterr().out.splitlines() == [
         "images/train.cache: not part of the export",
         "labels/train/notes.cache: not part of the export",
-    ]
-
-
-def test_verify_of_a_yolo_tree_from_before_1_2_says_to_export_again(export_tree, cache, tmp_path, capsys):
-    tree = tmp_path / "old-yolo"
-    shutil.copytree(export_tree("yolo"), tree)
-    manifest = json.loads((tree / "export.json").read_text())
-    manifest["version"] = "1.1.0"
-    (tree / "export.json").write_text(json.dumps(manifest))
-    capsys.readouterr()
-    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
-    assert capsys.readouterr().out.splitlines() == [
-        "export.json: written by 1.1.0; yolo files changed in 1.2.0: export again"
     ]
