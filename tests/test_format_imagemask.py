@@ -1,7 +1,8 @@
 """The imagemask tree in its readers' hands: datasets' imagefolder, OpenCV and Pillow, against the reference.
 
 Every mask style, `--image-format jpg`, `--size` and `--config folds`: each tree is read by the readers'
-own public code and compared pixel by pixel with tests/reference.py (masks from the raw channels).
+own public code and compared pixel by pixel with tests/reference.py (masks from the raw channels); then
+the tree's files themselves: file sets, pixels, metadata.jsonl, and what verify names in it.
 """
 
 import json
@@ -12,7 +13,7 @@ import cv2
 import datasets
 import numpy as np
 import pytest
-from pannuke_fixtures import THREE_FOLD_PATCHES, part1_members, raw_fold
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, copy_tree, part1_members, raw_fold
 from PIL import Image
 from reference import reference_image, reference_labels, reference_mask
 
@@ -225,3 +226,168 @@ def test_a_tree_written_by_1_0_verifies_as_imagemask_and_says_to_export_again(tr
     assert capsys.readouterr().out.splitlines() == [
         "export.json: written by 1.0.0; imagemask files changed in 1.3.0: export again"
     ]
+
+
+# --- the tree itself: file sets, pixels of every mask style and size, metadata, verify ---------------------
+
+
+@pytest.fixture(scope="module")
+def color_tree(export_tree):
+    return export_tree("imagemask")  # the defaults: colour masks, PNG images, 256 pixels
+
+
+def _expected_splits():
+    return part1_members()  # {"train", "valid", "test": [(fold, index), ...]}
+
+
+def _expected_mask(style, raw_mask):
+    return reference_mask(style, np.asarray(raw_mask))
+
+
+def test_file_sets_per_split_are_the_builders_splits(color_tree):
+    assert sorted(os.listdir(color_tree)) == [
+        "export.json",
+        "samples.png",
+        "statistics.png",
+        "test",
+        "train",
+        "valid",
+    ]
+    for split, members in _expected_splits().items():
+        ids = sorted(f"fold{f}_{i:05d}" for f, i in members)
+        assert sorted(os.listdir(color_tree / split)) == ["images", "masks", "metadata.jsonl"]
+        assert sorted(os.listdir(color_tree / split / "images")) == [f"{i}.png" for i in ids]
+        assert sorted(os.listdir(color_tree / split / "masks")) == [f"{i}.png" for i in ids]
+
+
+def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tree, kaggle_part1):
+    images, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            name = f"fold1_{index:05d}.png"
+            with Image.open(color_tree / split / "images" / name) as image:
+                assert image.mode == "RGB"
+                np.testing.assert_array_equal(np.array(image), reference_image(images[index]))
+            with Image.open(color_tree / split / "masks" / name) as mask:
+                assert mask.mode == "RGB"
+                np.testing.assert_array_equal(np.array(mask), _expected_mask("color", masks[index]))
+    # Pixel (0, 0) of every fake image is pure red: a red/blue swap would show here.
+    with Image.open(color_tree / "train" / "images" / "fold1_00000.png") as image:
+        assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
+def test_every_mask_style_matches_the_raw_channels(style, mode, export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", "--mask-style", style)
+    _, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            with Image.open(out / split / "masks" / f"fold1_{index:05d}.png") as mask:
+                assert mask.mode == mode and mask.palette is None  # plain greyscale: no palette to misread
+                np.testing.assert_array_equal(np.array(mask), _expected_mask(style, masks[index]))
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("style", ["color", "semantic", "instance"])
+def test_size_resizes_masks_by_nearest_neighbour_only(style, export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", *(("--mask-style", style) if style != "color" else ()), "--size", "128")
+    images, masks, _ = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        for _, index in members:
+            name = f"fold1_{index:05d}.png"
+            with Image.open(out / split / "images" / name) as image:
+                assert image.size == (128, 128) and image.mode == "RGB"
+                lanczos = Image.fromarray(reference_image(images[index])).resize((128, 128), Image.Resampling.LANCZOS)
+                np.testing.assert_array_equal(np.array(image), np.array(lanczos))
+            with Image.open(out / split / "masks" / name) as mask:
+                small = np.array(mask)
+                assert mask.mode == {"color": "RGB", "semantic": "L", "instance": "I;16"}[style]
+            native = _expected_mask(style, masks[index])
+            # Halving by nearest neighbour samples the centre of each 2x2 block: rows and columns 1, 3, 5, ...
+            np.testing.assert_array_equal(small, native[1::2, 1::2])
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_each_split_has_a_metadata_jsonl_listing_every_patch(color_tree, kaggle_part1):
+    _, masks, tissues = raw_fold(kaggle_part1)
+    for split, members in _expected_splits().items():
+        text = (color_tree / split / "metadata.jsonl").read_text()
+        expected = []
+        for fold, index in sorted(members):
+            nuclei = reference_labels(np.asarray(masks[index]))[2]
+            pid = f"fold{fold}_{index:05d}"
+            row = {"image_file_name": f"images/{pid}.png", "mask_file_name": f"masks/{pid}.png", "id": pid}
+            row.update({"fold": fold, "index": index, "tissue": tissues[index]})
+            row.update({f"n_{c}": sum(1 for n in nuclei if n["label"] == k) for k, c in enumerate(CLASS_NAMES)})
+            expected.append({**row, "n_nuclei": len(nuclei)})
+        lines = text.splitlines()
+        assert [json.loads(line) for line in lines] == expected
+        assert [list(json.loads(line)) for line in lines] == [list(row) for row in expected]  # column order
+        assert text.endswith("\n") and "\r" not in text
+    assert [len((color_tree / s / "metadata.jsonl").read_text().splitlines()) for s in ("train", "valid", "test")] == [
+        19,
+        4,
+        1,
+    ]
+
+
+def test_jpeg_images_verify_within_tolerance(export_tree, kaggle_part1, cache):
+    out = export_tree("imagemask", "--image-format", "jpg")
+    images, _, _ = raw_fold(kaggle_part1)
+    with Image.open(out / "train" / "images" / "fold1_00000.jpg") as image:
+        assert image.format == "JPEG"
+        error = np.abs(np.array(image).astype(int) - reference_image(images[0])).mean()
+    assert error < 4.0
+    assert min(os.listdir(out / "train" / "masks")) == "fold1_00000.png"
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_path, capsys):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(color_tree, tree)
+    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 0
+    capsys.readouterr()
+
+    mask_path = tree / "train" / "masks" / "fold1_00000.png"
+    mask = np.array(Image.open(mask_path))
+    mask[100, 100] = (255, 0, 255)
+    Image.fromarray(mask).save(mask_path)
+    (tree / "valid" / "images" / min(os.listdir(tree / "valid" / "images"))).unlink()
+    (tree / "test" / "images" / "fold1_99999.png").write_bytes(b"rogue")
+    metadata = tree / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines()
+    changed = lines[3].replace('"n_nuclei": ', '"n_nuclei": 1')
+    metadata.write_text("\n".join(lines[:3] + [changed] + lines[4:-1]) + "\n")
+
+    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    missing = min(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])
+    assert out.splitlines() == [
+        f"valid/images/{missing}.png: missing",
+        "test/images/fold1_99999.png: not part of the export",
+        "train/masks/fold1_00000.png: 1 of 65536 pixels differ",
+        "train/metadata.jsonl: row missing or changed: " + lines[3],
+        "train/metadata.jsonl: row missing or changed: " + lines[-1],
+        "train/metadata.jsonl: unexpected row: " + changed,
+    ]
+    assert err.strip().endswith(f"{tree}: 6 difference(s) in {PART1_PATCHES} patches")
+
+
+def test_a_tree_without_format_in_export_json_verifies_as_imagemask(export_tree, cache, tmp_path):
+    out = copy_tree(export_tree("imagemask", "--mask-style", "semantic"), tmp_path)
+    manifest = json.loads((out / "export.json").read_text())
+    del manifest["format"]  # as written by 1.0
+    (out / "export.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
+
+
+def test_folds_config_writes_one_folder_per_fold(export_tree):
+    out = export_tree("imagemask", config="folds")
+    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == [
+        "fold1",
+        "fold2",
+        "fold3",
+    ]
+    assert len(os.listdir(out / "fold2" / "images")) == 22

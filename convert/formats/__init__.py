@@ -5,7 +5,9 @@ this package (names starting with "_" are not). A format says which files its tr
 must hold, as convert.files.File objects; export writes them and verify checks them, both generically:
 
 - `patch_files(split, position, row, options)`: the files of one patch (row: the builder's row, images
-  as undecoded PNG bytes); export calls it in a worker, one patch at a time;
+  as undecoded PNG bytes); export calls it in a worker, one patch at a time, and verify for each patch.
+  A file that several patches fill (convert.files.Row: pannuke's arrays) is made before the workers
+  start, from the description of each split's first patch;
 - `record(split, position, row, options)`: what the whole-split or whole-tree files need of the patch
   (default None); records flow back from the workers in split order;
 - `tree_files(dataset_dict, records, options)`: the files of whole splits and of the tree (records:
@@ -13,8 +15,10 @@ must hold, as convert.files.File objects; export writes them and verify checks t
 - `estimate(dataset_dict, options)`: the sizes of the files it will write, before writing (a bound);
 - `advice(out)`: warnings about where the tree was written (default none).
 
-Attributes: `takes`, the options of size, mask_style, image_format it accepts (options holds None for
-the others); `split_dirs`, a split's folder name; `consumer_files`, fnmatch patterns of files a
+options: {"size", "mask_style", "image_format"} as export.json records them (None for an option the
+format does not take) and "rows", {split: number of patches}.
+
+Attributes: `takes`, the options of size, mask_style, image_format it accepts; `split_dirs`, a split's folder name; `consumer_files`, fnmatch patterns of files a
 framework that reads the tree leaves in it (verify accepts them); `changed_in`, the tool version whose
 files of this format differ from those of earlier versions (verify then says to export again).
 """
