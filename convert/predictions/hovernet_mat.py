@@ -13,15 +13,22 @@ each nucleus' pixels. Without inst_type the files are class-agnostic: every nucl
 import os
 
 import numpy as np
-import scipy.io
-from scipy.io.matlab import MatReadError
 
 from .base import NUM_TYPES, Prediction, PredictionError, check_ids, from_instances, listing
 
 NAME = "hovernet-mat"
 KEYS = ("inst_map", "inst_uid", "inst_type", "inst_centroid")
-# What scipy raises for a file that is not a .mat, is cut short (IndexError, OSError) or is MATLAB 7.3 (HDF5).
-MAT_ERRORS = (MatReadError, ValueError, TypeError, OSError, IndexError, EOFError, NotImplementedError)
+
+
+def _scipy_io():
+    """(scipy.io, what it raises for a file that is not a .mat, is cut short or is MATLAB 7.3 (HDF5)).
+
+    Imported when a .mat is read, not with the module: recognising another layout need not import it.
+    """
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    return scipy.io, (MatReadError, ValueError, TypeError, OSError, IndexError, EOFError, NotImplementedError)
 
 
 def mat_folder(path):
@@ -49,9 +56,10 @@ def _length(shape, width, where, key):
 
 def check_header(path, size):
     """The variables' shapes of one .mat file, checked without reading their data; True if it has inst_type."""
+    sio, errors = _scipy_io()
     try:
-        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
-    except MAT_ERRORS as exc:
+        shapes = {name: shape for name, shape, _ in sio.whosmat(path)}
+    except errors as exc:
         raise PredictionError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from None
     if "inst_map" not in shapes:
         raise PredictionError(f"{path}: no inst_map (not a HoVer-Net prediction)")
@@ -72,9 +80,10 @@ def _vector(values, where, key):
 
 def read_mat(path, size, classified):
     """The PatchPrediction of one .mat file."""
+    sio, errors = _scipy_io()
     try:
-        data = scipy.io.loadmat(path, variable_names=KEYS)
-    except MAT_ERRORS as exc:
+        data = sio.loadmat(path, variable_names=KEYS)
+    except errors as exc:
         raise PredictionError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from None
     if "inst_map" not in data:
         raise PredictionError(f"{path}: no inst_map (not a HoVer-Net prediction)")

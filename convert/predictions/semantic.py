@@ -8,7 +8,6 @@ classes (the builder's semantic_mask).
 import os
 
 import numpy as np
-from scipy import ndimage
 
 import pannuke_imagemask as pim
 
@@ -31,6 +30,8 @@ def recognise(path):
 
 def semantic_instances(semantic, where):
     """(instance map, ids, types) of a class map: each class' 8-connected components, numbered class by class."""
+    from scipy import ndimage  # here, not at the top: recognising another layout need not import it
+
     semantic = check_ids(semantic, where, "class map")
     if semantic.max(initial=0) > pim.NUM_CLASS_CHANNELS:
         raise PredictionError(f"{where}: class {semantic.max()} is not one of 0..{pim.NUM_CLASS_CHANNELS}")
