@@ -33,7 +33,15 @@ from convert.__main__ import main as cli_main
 from convert.formats.imagemask import render_mask
 from convert.sample import fold_paths, write_fold
 
-FORMATS = ("coco", "yolo", "hovernet", "pannuke", "cellvit", "nnunet", "cellpose")  # timed against the imagemask export at --num-proc 1
+FORMATS = (
+    "coco",
+    "yolo",
+    "hovernet",
+    "pannuke",
+    "cellvit",
+    "nnunet",
+    "cellpose",
+)  # timed against the imagemask export at --num-proc 1
 
 
 def _rss_anon_kb(pid):

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 from blocks import needs_consumer_tier, python_blocks, run_blocks
-from conftest import HUB_REPO_ID
+from pannuke_fixtures import HUB_REPO_ID
 
 
 def test_the_cards_torch_recipes_run_as_printed(local_repo, tmp_path):
@@ -19,7 +19,9 @@ def test_the_cards_torch_recipes_run_as_printed(local_repo, tmp_path):
         "assert (row['labels'].numpy() == np.asarray(ds['train'][0]['label'])).all()\n"
         "assert set(np.unique(row['labels'].numpy())) <= set(range(6))\n"
     )
-    run_blocks([blocks[0] + check, blocks[1]], {HUB_REPO_ID: str(local_repo), "num_train_epochs=50": "max_steps=2"}, tmp_path)
+    run_blocks(
+        [blocks[0] + check, blocks[1]], {HUB_REPO_ID: str(local_repo), "num_train_epochs=50": "max_steps=2"}, tmp_path
+    )
     assert os.path.isdir(tmp_path / "segformer-pannuke")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cellpose import cli, io, train, vit
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_image, reference_labels, reference_split
 
 from convert.__main__ import main
@@ -129,7 +129,7 @@ def test_verify_passes_after_training_and_names_a_foreign_file(trained, cache, c
     (copy / "valid" / "notes.txt").write_text("mine")
     try:
         assert main(["verify", str(copy), "--cache-dir", cache, "--quiet"]) == 1
-        assert capsys.readouterr().out.splitlines() == ["valid/notes.txt: not in the source's splits"]
+        assert capsys.readouterr().out.splitlines() == ["valid/notes.txt: not part of the export"]
     finally:
         (copy / "valid" / "notes.txt").unlink()
 

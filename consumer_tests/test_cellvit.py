@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from natsort import natsorted
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from PIL import Image
 from reference import reference_image, reference_labels
 

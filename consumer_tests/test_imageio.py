@@ -10,7 +10,7 @@ import imageio.v2 as imageio_v2
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_mask  # tests/ is on pytest's pythonpath
 
 from convert.__main__ import main

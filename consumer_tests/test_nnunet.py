@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from reference import reference_image, reference_labels, reference_split  # tests/ is on pytest's pythonpath
 
 from convert.__main__ import main

@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 import torch
 from blocks import ROOT, python_blocks
-from conftest import THREE_FOLD_PATCHES, raw_fold
+from pannuke_fixtures import THREE_FOLD_PATCHES, raw_fold
 from prediction_reference import components, expected, reference_combination
 from pycocotools import mask as mask_utils
 from reference import reference_labels

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 from blocks import python_blocks
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_image, reference_labels
 
 from convert.__main__ import main

@@ -6,7 +6,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_image, reference_labels
 
 from convert.__main__ import main
@@ -29,7 +29,23 @@ def ultralytics_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, kaggle_part1, cache):
     out = tmp_path_factory.mktemp("yolo") / "export"
-    assert main(["export", "--format", "yolo", "--data-dir", kaggle_part1, "--cache-dir", cache, "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--format",
+                "yolo",
+                "--data-dir",
+                kaggle_part1,
+                "--cache-dir",
+                cache,
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -89,7 +105,9 @@ def test_the_dataset_class_yields_our_images_classes_boxes_and_masks(ultralytics
                 exact += extra == 0
                 junction_pixels += extra
     assert seen == set(range(PART1_PATCHES))
-    print(f"Ultralytics' YOLODataset: {exact} of {one_piece} one-piece nuclei exact, {junction_pixels} corner pixels extra")
+    print(
+        f"Ultralytics' YOLODataset: {exact} of {one_piece} one-piece nuclei exact, {junction_pixels} corner pixels extra"
+    )
     assert one_piece > 300 and pieces >= 20
     assert exact >= one_piece - 2
 
@@ -131,8 +149,17 @@ def test_a_moved_tree_reads_itself_and_one_epoch_trains_offline(ultralytics_env,
     assert [data[k] for k in ("train", "val", "test")] == [str(moved / "images" / s) for s in ("train", "val", "test")]
     model = YOLO("yolo11n-seg.yaml")  # built from the YAML: no checkpoint, nothing downloaded
     model.train(
-        data=str(moved / "data.yaml"), epochs=1, imgsz=256, batch=8, device="cpu", workers=0, plots=False,
-        project=str(tmp_path / "runs"), name="train", exist_ok=True, verbose=False,
+        data=str(moved / "data.yaml"),
+        epochs=1,
+        imgsz=256,
+        batch=8,
+        device="cpu",
+        workers=0,
+        plots=False,
+        project=str(tmp_path / "runs"),
+        name="train",
+        exist_ok=True,
+        verbose=False,
     )
     assert (tmp_path / "runs" / "train" / "weights" / "last.pt").exists()
     # Ultralytics left its label caches in the tree; verify accepts them and nothing else changed.

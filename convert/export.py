@@ -34,7 +34,8 @@ from .common import (
     staging_dir,
 )
 from .formats import FORMAT_NAMES, NATIVE_SIZE, get_format, summary_row, undecoded
-from .formats.imagemask import IMAGE_FORMATS, JPEG_QUALITY, MASK_STYLES
+from .formats.imagemask import IMAGE_FORMATS, MASK_STYLES
+from .images import JPEG_QUALITY
 from .pictures import write_samples, write_statistics
 from .pool import WORKER, run_tasks
 
@@ -48,23 +49,30 @@ FORMAT_OPTIONS = {"size": (NATIVE_SIZE, "--size"), "mask_style": ("color", "--ma
 
 
 def _export_task(task):
-    """(summary row, format record) of each patch of one task, in order."""
+    """(summary row, format record) of each patch of one task, in order; its files written."""
     split, start, stop = task
     fmt, options, root = get_format(WORKER["format"]), WORKER["options"], WORKER["root"]
     rows = WORKER["dataset_dict"][split][start:stop]
     results = []
     for k in range(stop - start):
         row = {name: rows[name][k] for name in rows}
-        record = fmt.write_patch(root, split, start + k, row, options)
-        results.append((summary_row(fmt, split, row), record))
+        for file in fmt.patch_files(split, start + k, row, options):
+            file.write(root)
+        results.append((summary_row(fmt, split, row), fmt.record(split, start + k, row, options)))
     return results
 
 
-def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask", out=None, quiet=False):
-    """Write every split in a format under root; return the summary rows in split, (fold, index) order."""
+def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask", quiet=False):
+    """Write every split in a format under root; return the summary rows in split, (fold, index) order.
+
+    options: what export.json records of the format's options (None where the format takes none)."""
     fmt = get_format(format_name)
     dataset_dict = datasets.DatasetDict({split: undecoded(ds) for split, ds in dataset_dict.items()})
-    fmt.prepare(root, dataset_dict, options)
+    options = {**options, "rows": {split: ds.num_rows for split, ds in dataset_dict.items()}}
+    for split, dataset in dataset_dict.items():
+        if dataset.num_rows:  # a file that several patches fill is made before any of them is written
+            for file in fmt.patch_files(split, 0, dataset[0], options):
+                file.prepare(root)
     tasks = []
     for split, dataset in dataset_dict.items():
         tasks += [(split, s, min(s + TASK_PATCHES, dataset.num_rows)) for s in range(0, dataset.num_rows, TASK_PATCHES)]
@@ -75,9 +83,8 @@ def write_tree(dataset_dict, options, root, num_proc=1, format_name="imagemask",
             summaries += [summary for summary, _ in chunk]
             records[split] += [record for _, record in chunk]
             bar.update(stop - start)
-    for split, dataset in dataset_dict.items():
-        fmt.finish_split(root, split, records[split], dataset, options)
-    fmt.finish(root, dataset_dict, options, out or root, records)
+    for file in fmt.tree_files(dataset_dict, records, options):
+        file.write(root)
     return summaries
 
 
@@ -144,7 +151,7 @@ def export(args):
     check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
         records = write_tree(
-            dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, out=out, quiet=args.quiet
+            dataset_dict, options, tmp, num_proc=args.num_proc, format_name=args.format, quiet=args.quiet
         )
         manifest = {
             "tool": "pannuke-imagemask",
@@ -168,6 +175,8 @@ def export(args):
         write_samples(tmp, dataset_dict)
         refuse_non_empty(out, args.force, "replace")  # someone may have written there while we worked
         replace_tree(tmp, out)
+    for advice in fmt.advice(out):
+        logger.warning(advice)
     logger.info("wrote %d patches to %s as %s", len(records), out, args.format)
     return 0
 

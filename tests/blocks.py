@@ -38,7 +38,9 @@ def run_blocks(blocks, replacements, tmp_path):
         "huggingface_hub.hf_hub_download = lambda repo_id, filename, **kw: os.path.join(repo_id, filename)\n"
         "my_model = lambda image: numpy.zeros((256, 256, 5), numpy.int32)\n"
     )
-    env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    env = dict(
+        os.environ, PYTHONPATH=ROOT, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_DATASETS_DISABLE_PROGRESS_BARS="1"
+    )
     for block in blocks:
         for old, new in replacements.items():
             block = block.replace(old, new)

@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, real_types
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, real_types
 from PIL import Image
 from reference import PALETTE, palette_of, reference_image, reference_labels, reference_split
 

@@ -5,7 +5,7 @@ import math
 import f1_oracle
 import numpy as np
 import pytest
-from conftest import raw_fold
+from pannuke_fixtures import raw_fold
 
 import pannuke_imagemask as pim
 from convert import detection

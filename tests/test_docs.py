@@ -32,7 +32,9 @@ def test_the_docs_are_readme_and_docs_folder():
 def test_every_lean_python_block_runs(name, local_repo, kaggle_part1, three_folds, tmp_path):
     blocks = python_blocks(_read(name))
     consumer = [b for b in blocks if needs_consumer_tier(b)]
-    assert len(consumer) == CONSUMER_BLOCKS.get(name, 0), f"{name}: consumer-tier blocks changed; update CONSUMER_BLOCKS"
+    assert len(consumer) == CONSUMER_BLOCKS.get(name, 0), (
+        f"{name}: consumer-tier blocks changed; update CONSUMER_BLOCKS"
+    )
     lean = [b for b in blocks if not needs_consumer_tier(b)]
     export_named_trees(lean, kaggle_part1, str(tmp_path / "cache"), str(tmp_path))  # e.g. pannuke-coco
     run_blocks(lean, {"OWNER/NAME": str(local_repo), "~/data/pannuke": three_folds}, tmp_path)

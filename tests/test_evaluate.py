@@ -12,7 +12,7 @@ import f1_oracle
 import numpy as np
 import pq_oracle
 import pytest
-from conftest import raw_fold
+from pannuke_fixtures import raw_fold
 
 import pannuke_imagemask as pim
 from convert import detection

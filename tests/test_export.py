@@ -1,5 +1,6 @@
-"""python -m convert export / verify: file sets, pixels of every mask style, metadata, safety, verify."""
+"""python -m convert export and verify as commands: export.json, refusal, --force, Ctrl-C, the sample, space."""
 
+import errno
 import hashlib
 import json
 import os
@@ -7,25 +8,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, part1_members, run_export
 from PIL import Image
-from reference import reference_image, reference_labels, reference_mask, reference_split
+from reference import reference_mask, reference_split
 
-from convert import __version__
+import pannuke_imagemask as pim
+from convert import __version__, common
+from convert import files as files_module
 from convert.__main__ import main
+from convert.formats import undecoded
 from convert.sample import SAMPLE_PATCHES, fake_tissues, write_fold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache"))
 
 
 def _expected_splits(seed=0, ratios=(0.8, 0.15, 0.05)):
@@ -52,99 +52,8 @@ def _expected_mask(style, raw_mask):
 
 
 @pytest.fixture(scope="session")
-def color_tree(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("exports") / "color"
-    assert _export(out, kaggle_part1, cache) == 0
-    return out
-
-
-def test_file_sets_per_split_are_the_builders_splits(color_tree):
-    assert sorted(os.listdir(color_tree)) == [
-        "export.json",
-        "samples.png",
-        "statistics.png",
-        "test",
-        "train",
-        "valid",
-    ]
-    for split, members in _expected_splits().items():
-        ids = sorted(f"fold{f}_{i:05d}" for f, i in members)
-        assert sorted(os.listdir(color_tree / split)) == ["images", "masks", "metadata.jsonl"]
-        assert sorted(os.listdir(color_tree / split / "images")) == [f"{i}.png" for i in ids]
-        assert sorted(os.listdir(color_tree / split / "masks")) == [f"{i}.png" for i in ids]
-
-
-def test_images_are_pixel_exact_and_colour_masks_match_the_raw_channels(color_tree, kaggle_part1):
-    images, masks, _ = raw_fold(kaggle_part1)
-    for split, members in _expected_splits().items():
-        for _, index in members:
-            name = f"fold1_{index:05d}.png"
-            with Image.open(color_tree / split / "images" / name) as image:
-                assert image.mode == "RGB"
-                np.testing.assert_array_equal(np.array(image), reference_image(images[index]))
-            with Image.open(color_tree / split / "masks" / name) as mask:
-                assert mask.mode == "RGB"
-                np.testing.assert_array_equal(np.array(mask), _expected_mask("color", masks[index]))
-    # Pixel (0, 0) of every fake image is pure red: a red/blue swap would show here.
-    with Image.open(color_tree / "train" / "images" / "fold1_00000.png") as image:
-        assert image.getpixel((0, 0)) == (255, 0, 0)
-
-
-@pytest.mark.parametrize("style, mode", [("semantic", "L"), ("binary", "L"), ("instance", "I;16")])
-def test_every_mask_style_matches_the_raw_channels(style, mode, kaggle_part1, cache, tmp_path):
-    out = tmp_path / style
-    assert _export(out, kaggle_part1, cache, "--mask-style", style) == 0
-    _, masks, _ = raw_fold(kaggle_part1)
-    for split, members in _expected_splits().items():
-        for _, index in members:
-            with Image.open(out / split / "masks" / f"fold1_{index:05d}.png") as mask:
-                assert mask.mode == mode and mask.palette is None  # plain greyscale: no palette to misread
-                np.testing.assert_array_equal(np.array(mask), _expected_mask(style, masks[index]))
-    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
-
-
-@pytest.mark.parametrize("style", ["color", "semantic", "instance"])
-def test_size_resizes_masks_by_nearest_neighbour_only(style, kaggle_part1, cache, tmp_path):
-    out = tmp_path / "small"
-    assert _export(out, kaggle_part1, cache, "--size", "128", "--mask-style", style) == 0
-    images, masks, _ = raw_fold(kaggle_part1)
-    for split, members in _expected_splits().items():
-        for _, index in members:
-            name = f"fold1_{index:05d}.png"
-            with Image.open(out / split / "images" / name) as image:
-                assert image.size == (128, 128) and image.mode == "RGB"
-                lanczos = Image.fromarray(reference_image(images[index])).resize((128, 128), Image.Resampling.LANCZOS)
-                np.testing.assert_array_equal(np.array(image), np.array(lanczos))
-            with Image.open(out / split / "masks" / name) as mask:
-                small = np.array(mask)
-                assert mask.mode == {"color": "RGB", "semantic": "L", "instance": "I;16"}[style]
-            native = _expected_mask(style, masks[index])
-            # Halving by nearest neighbour samples the centre of each 2x2 block: rows and columns 1, 3, 5, ...
-            np.testing.assert_array_equal(small, native[1::2, 1::2])
-    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
-
-
-def test_each_split_has_a_metadata_jsonl_listing_every_patch(color_tree, kaggle_part1):
-    _, masks, tissues = raw_fold(kaggle_part1)
-    for split, members in _expected_splits().items():
-        text = (color_tree / split / "metadata.jsonl").read_text()
-        expected = []
-        for fold, index in sorted(members):
-            nuclei = reference_labels(np.asarray(masks[index]))[2]
-            pid = f"fold{fold}_{index:05d}"
-            row = {"image_file_name": f"images/{pid}.png", "mask_file_name": f"masks/{pid}.png", "id": pid}
-            row.update({"fold": fold, "index": index, "tissue": tissues[index]})
-            row.update({f"n_{c}": sum(1 for n in nuclei if n["label"] == k) for k, c in enumerate(CLASS_NAMES)})
-            expected.append({**row, "n_nuclei": len(nuclei)})
-        lines = text.splitlines()
-        assert [json.loads(line) for line in lines] == expected
-        assert [list(json.loads(line)) for line in lines] == [list(row) for row in expected]  # column order
-        assert text.endswith("\n") and "\r" not in text
-    assert [len((color_tree / s / "metadata.jsonl").read_text().splitlines()) for s in ("train", "valid", "test")] == [
-        19,
-        4,
-        1,
-    ]
+def color_tree(export_tree):
+    return export_tree("imagemask")  # the defaults: colour masks, PNG images, 256 pixels
 
 
 def test_export_json_records_every_option(color_tree, kaggle_part1):
@@ -173,60 +82,6 @@ def test_pictures_are_png(color_tree):
     for name in ("statistics.png", "samples.png"):
         with Image.open(color_tree / name) as picture:
             assert picture.format == "PNG" and picture.size[0] >= 600
-
-
-def test_two_processes_write_the_same_tree(color_tree, kaggle_part1, cache, tmp_path):
-    out = tmp_path / "two"
-    assert _export(out, kaggle_part1, cache, "--num-proc", "2") == 0
-    one, two = _tree_digest(color_tree), _tree_digest(out)
-    for name in ("export.json", "statistics.png", "samples.png"):  # timestamps, num_proc; figures not pixel-pinned
-        one.pop(name), two.pop(name)
-    assert one == two
-
-
-def test_jpeg_images_verify_within_tolerance(kaggle_part1, cache, tmp_path):
-    out = tmp_path / "jpg"
-    assert _export(out, kaggle_part1, cache, "--image-format", "jpg") == 0
-    images, _, _ = raw_fold(kaggle_part1)
-    with Image.open(out / "train" / "images" / "fold1_00000.jpg") as image:
-        assert image.format == "JPEG"
-        error = np.abs(np.array(image).astype(int) - reference_image(images[0])).mean()
-    assert error < 4.0
-    assert min(os.listdir(out / "train" / "masks")) == "fold1_00000.png"
-    assert main(["verify", str(out), "--cache-dir", cache, "--quiet"]) == 0
-
-
-def test_verify_passes_then_names_each_corrupted_file(color_tree, cache, tmp_path, capsys):
-    import shutil
-
-    tree = tmp_path / "tree"
-    shutil.copytree(color_tree, tree)
-    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 0
-    capsys.readouterr()
-
-    mask_path = tree / "train" / "masks" / "fold1_00000.png"
-    mask = np.array(Image.open(mask_path))
-    mask[100, 100] = (255, 0, 255)
-    Image.fromarray(mask).save(mask_path)
-    (tree / "valid" / "images" / min(os.listdir(tree / "valid" / "images"))).unlink()
-    (tree / "test" / "images" / "fold1_99999.png").write_bytes(b"rogue")
-    metadata = tree / "train" / "metadata.jsonl"
-    lines = metadata.read_text().splitlines()
-    changed = lines[3].replace('"n_nuclei": ', '"n_nuclei": 1')
-    metadata.write_text("\n".join(lines[:3] + [changed] + lines[4:-1]) + "\n")
-
-    assert main(["verify", str(tree), "--cache-dir", cache, "--quiet"]) == 1
-    out, err = capsys.readouterr()
-    missing = min(f"fold1_{i:05d}" for _, i in _expected_splits()["valid"])
-    assert out.splitlines() == [
-        f"valid/images/{missing}.png: missing",
-        "test/images/fold1_99999.png: not in the source's splits",
-        "train/masks/fold1_00000.png: 1 of 65536 pixels differ",
-        "train/metadata.jsonl: row missing or changed: " + lines[3],
-        "train/metadata.jsonl: row missing or changed: " + lines[-1],
-        "train/metadata.jsonl: unexpected row: " + changed,
-    ]
-    assert err.strip().endswith(f"{tree}: 6 difference(s) in {PART1_PATCHES} patches")
 
 
 def test_existing_output_is_refused_without_force_and_left_unchanged(color_tree, kaggle_part1, cache, capsys):
@@ -283,33 +138,6 @@ def test_sample_runs_with_no_data(tmp_path, caplog):
     assert sum(len(os.listdir(out / s / "images")) for s in ("train", "valid", "test")) == SAMPLE_PATCHES
     assert "using the built-in sample: FAKE patches, not PanNuke data" in caplog.messages
     assert main(["verify", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
-
-
-def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
-    out = tmp_path / "folds"
-    assert (
-        main(
-            [
-                "export",
-                "--out",
-                str(out),
-                "--data-dir",
-                three_folds,
-                "--config",
-                "folds",
-                "--cache-dir",
-                cache,
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == [
-        "fold1",
-        "fold2",
-        "fold3",
-    ]
-    assert len(os.listdir(out / "fold2" / "images")) == 22
 
 
 def _bad_fold(tmp_path):
@@ -385,3 +213,57 @@ def test_verify_refuses_a_folder_that_is_not_an_export(tmp_path, capsys):
         f"pannuke-imagemask verify: error: {manifest}: missing source, split_seed, split_ratios, mask_style, "
         f"image_format, size; is {tmp_path} a tree written by export?\n"
     )
+
+
+@pytest.fixture
+def previous_tree(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous tree")
+    return out, _tree_digest(out)
+
+
+def test_too_little_free_space_is_refused_before_writing(previous_tree, kaggle_part1, cache, monkeypatch, capsys):
+    out, before = previous_tree
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
+    assert _export(out, kaggle_part1, cache, "--mask-style", "instance", "--force") == 1
+    # Every file's size is known: the builder's image and instance PNGs (copied as they are), each in
+    # whole 4 KB blocks, plus each split's metadata.jsonl (under 400 bytes a row) and 8 MB for the reports.
+    dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+    blocks = 0
+    for dataset in dataset_dict.values():
+        for row in undecoded(dataset):
+            blocks += sum(-(-len(row[c]["bytes"]) // 4096) for c in ("image", "instance_mask"))
+        blocks += -(-400 * dataset.num_rows // 4096)
+    needed = blocks * 4096 + (8 << 20)
+    assert capsys.readouterr().err == (
+        f"pannuke-imagemask export: error: {out}: not enough free space: needs about {needed / 1e6:.1f} MB, "
+        "5.0 KB available; with --force the old tree stays until the new one is complete, so there must be "
+        "room for both\n"
+    )
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+def test_running_out_of_space_midway_leaves_the_previous_tree(previous_tree, kaggle_part1, cache, monkeypatch, capsys):
+    out, before = previous_tree
+    written = []
+    real_write = files_module.write_bytes
+
+    def filling_up(path, *chunks):
+        if len(written) == 8:  # the 5th patch's image: fold1_00004 is the 5th patch of train
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        written.append(path)
+        real_write(path, *chunks)
+
+    monkeypatch.setattr(files_module, "write_bytes", filling_up)
+    assert _export(out, kaggle_part1, cache, "--force", "--num-proc", "1") == 1
+    fifth = part1_members()["train"][4][1]
+    err = capsys.readouterr().err
+    assert err == (
+        f"pannuke-imagemask export: error: no space left on the device while writing fold1_{fifth:05d}.png; "
+        "nothing partial was left and any previous output is unchanged\n"
+    )
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]

@@ -7,7 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from reference import reference_image, reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -19,19 +19,8 @@ SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-cellpose"))
-
-
-def _export(out, data_dir, cache, *extra):
-    return run_export(out, data_dir, cache, "--format", "cellpose", *extra)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("cellpose") / "part1"
-    assert _export(out, kaggle_part1, cache) == 0
-    return out
+def tree(export_tree):
+    return export_tree("cellpose")
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +71,8 @@ def test_every_image_and_mask_equals_the_reference(tree, members, kaggle_part1):
     assert empty  # patches without nuclei are exported too, as all-zero masks
 
 
-def test_folds_config_writes_one_folder_per_fold(three_folds, cache, tmp_path):
-    out = tmp_path / "folds"
-    assert _export(out, three_folds, cache, "--config", "folds") == 0
+def test_folds_config_writes_one_folder_per_fold(export_tree, three_folds, cache):
+    out = export_tree("cellpose", config="folds")
     layouts = {1: (three_folds, "kaggle"), 2: (os.path.join(three_folds, "fold_2"), "kaggle-flat"),
                3: (three_folds, "official")}  # fmt: skip
     assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".png"))) == ["fold1", "fold2", "fold3"]
@@ -124,8 +112,8 @@ def test_verify_accepts_cellposes_own_files_and_names_every_other_difference(tre
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         f"valid/{missing}.png: missing",
-        "test/fold1_99999_classes.png: not in the source's splits",
-        "test/fold1_99999_seg.npy: not in the source's splits",
+        "test/fold1_99999_classes.png: not part of the export",
+        "test/fold1_99999_seg.npy: not part of the export",
         f"train/{first}_masks.png: 1 of 65536 pixels differ",
     ]
     assert err.strip().endswith(f"{copy}: 4 difference(s) in {PART1_PATCHES} patches")
@@ -137,17 +125,3 @@ def test_estimate_is_exactly_what_was_written(tree, kaggle_part1, cache):
     written = sorted(os.path.getsize(tree / folder / name) for folder in SPLITS for name in os.listdir(tree / folder))
     assert len(estimated) == 2 * PART1_PATCHES
     assert sorted(estimated) == written  # both files are the builder's PNGs, copied: their sizes are known
-
-
-@pytest.mark.parametrize(
-    "argv, flag",
-    [(["--mask-style", "instance"], "--mask-style"), (["--size", "128"], "--size"), (["--image-format", "jpg"],
-     "--image-format")],
-)  # fmt: skip
-def test_options_cellpose_does_not_take_are_usage_errors(argv, flag, tmp_path, capsys):
-    with pytest.raises(SystemExit) as caught:
-        main(["export", "--out", str(tmp_path / "o"), "--sample", "--format", "cellpose", *argv])
-    assert caught.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert f"error: {flag} applies to --format " in err and err.endswith(" only, not cellpose")  # takers may grow
-    assert not (tmp_path / "o").exists()

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -63,26 +63,13 @@ OBJECT_NPY_HEADER = b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': Fal
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-cellvit"))
-
-
-def _export(out, data_dir, cache, *extra):
-    return run_export(out, data_dir, cache, *extra)
+def part1(export_tree):
+    return export_tree("cellvit")
 
 
 @pytest.fixture(scope="module")
-def part1(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("cellvit") / "part1"
-    assert _export(out, kaggle_part1, cache, "--format", "cellvit") == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def folds(tmp_path_factory, three_folds, cache):
-    out = tmp_path_factory.mktemp("cellvit") / "folds"
-    assert _export(out, three_folds, cache, "--format", "cellvit", "--config", "folds") == 0
-    return out
+def folds(export_tree):
+    return export_tree("cellvit", config="folds")
 
 
 def _reference(root, fold, count, layout):
@@ -175,12 +162,12 @@ def test_part1_every_file_against_the_reference(part1, part1_reference):
     assert json.loads((part1 / "export.json").read_text())["format"] == "cellvit"
 
 
-def test_folds_config_names_files_as_cellvit_does(folds, folds_reference):
+def test_folds_config_names_files_as_cellvit_does(folds, folds_reference, cache):
     # Official fold N in fold{N-1}, i its index in the fold: the names of CellViT's prepare_pannuke.py.
     folders = {f"fold{f - 1}": [(i, (f, i)) for i in range(n)] for f, n in THREE_FOLD_PATCHES.items()}
     tissues = _check_tree(folds, folders, folds_reference)
     assert len(tissues) == 69
-    assert main(["verify", str(folds), "--quiet"]) == 0
+    assert main(["verify", str(folds), "--cache-dir", cache, "--quiet"]) == 0
 
 
 def test_label_files_are_numpy_1x_pickles(part1, part1_reference):
@@ -207,18 +194,6 @@ def test_label_files_are_numpy_1x_pickles(part1, part1_reference):
             ids[patch_id] = image.replace(".png", ".npy")
     for fold, index in empty:
         assert digests[ids[f"fold{fold}_{index:05d}"]] == EMPTY_LABEL_SHA256
-
-
-def test_exports_are_byte_identical(part1, kaggle_part1, cache, tmp_path):
-    again = tmp_path / "again"
-    assert _export(again, kaggle_part1, cache, "--format", "cellvit", "--num-proc", "2") == 0
-    for dirpath, _, files in os.walk(part1):
-        for name in files:
-            if name in ("export.json", "statistics.png", "samples.png"):
-                continue
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as a, open(again / os.path.relpath(path, part1), "rb") as b:
-                assert a.read() == b.read(), path
 
 
 def _flip_one_inst_value(path):
@@ -288,7 +263,7 @@ CASES = {
         "fold0/labels/0_0.npy: refers to numpy._core (saved by numpy 2): numpy < 2, which CellViT pins, cannot load it"
     ],
     "foreign pickle": lambda _: ["fold0/labels/0_0.npy: refused: its pickle calls io.open"],
-    "extra file": lambda _: ["fold0/images/0_99.png: not in the source's splits"],
+    "extra file": lambda _: ["fold0/images/0_99.png: not part of the export"],
     "missing file": lambda _: ["fold1/labels/1_2.npy: missing"],
     "changed image": lambda _: ["fold2/images/2_0.png: 1 of 65536 pixels differ"],
     "changed types.csv": lambda part1: [_types_line(part1)],
@@ -308,7 +283,7 @@ def test_verify_passes_then_names_the_problem(case, part1, cache, tmp_path, caps
     assert not (tmp_path / "ran").exists()  # the foreign pickle was never run
 
 
-def test_estimate_bounds_what_was_written(part1, kaggle_part1, cache):
+def test_estimate_is_close_to_what_was_written(part1, kaggle_part1, cache):
     dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
     estimated = sum(get_format("cellvit").estimate(dataset_dict, {}))
     reports = ("export.json", "statistics.png", "samples.png")
@@ -318,21 +293,6 @@ def test_estimate_bounds_what_was_written(part1, kaggle_part1, cache):
         for f in files
         if not (d == str(part1) and f in reports)
     )
-    # Images and labels are counted exactly; the CSVs at 64 bytes a row and the two YAMLs at 4 KB each.
-    assert written <= estimated <= written + 3 * 64 * (PART1_PATCHES + 3) + 2 * 4096
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--size", "128"], "--size applies to --format imagemask only, not cellvit"),
-        (["--mask-style", "semantic"], "--mask-style applies to --format imagemask only, not cellvit"),
-        (["--image-format", "jpg"], "--image-format applies to --format imagemask, coco, yolo only, not cellvit"),
-    ],
-)
-def test_options_cellvit_does_not_take_are_usage_errors(argv, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as caught:
-        main(["export", "--out", str(tmp_path / "o"), "--sample", "--format", "cellvit", *argv])
-    assert caught.value.code == 2
-    assert capsys.readouterr().err.strip().endswith(f"error: {message}")
-    assert not (tmp_path / "o").exists()
+    # Images and labels are counted exactly; the CSVs at 64 bytes a row and the two YAMLs at 4 KB each (that
+    # the estimate bounds what was written: tests/test_format_contract.py).
+    assert estimated <= written + 3 * 64 * (PART1_PATCHES + 3) + 2 * 4096

@@ -1,13 +1,12 @@
 """python -m convert export --format nnunet: every file against the independent reference."""
 
 import json
-import logging
 import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold, run_export
+from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, raw_fold
 from PIL import Image
 from reference import reference_image, reference_labels, reference_split
 
@@ -28,36 +27,6 @@ DATASET_JSON = {
 }
 # Where each fold of the three_folds fixture lies (tests/conftest.py), for the raw arrays.
 FOLD_SOURCES = {1: ("", "kaggle"), 2: ("fold_2", "kaggle-flat"), 3: ("", "official")}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf-cache-nnunet"))
-
-
-def _export(out, data_dir, cache, *extra):
-    return run_export(out, data_dir, cache, "--format", "nnunet", *extra)
-
-
-@pytest.fixture(scope="module")
-def part1(tmp_path_factory, kaggle_part1, cache):
-    out = tmp_path_factory.mktemp("nnunet") / "Dataset500_PanNuke"
-    assert _export(out, kaggle_part1, cache) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def folds(tmp_path_factory, three_folds, cache):
-    out = tmp_path_factory.mktemp("nnunet-folds") / "Dataset501_PanNukeFolds"
-    assert _export(out, three_folds, cache, "--config", "folds") == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def all_config(tmp_path_factory, three_folds, cache):
-    out = tmp_path_factory.mktemp("nnunet-all") / "Dataset502_PanNukeAll"
-    assert _export(out, three_folds, cache, "--config", "all") == 0
-    return out
 
 
 def _ids(members):
@@ -90,7 +59,8 @@ def _check_case(tree, images, labels, case, reference):
     np.testing.assert_array_equal(label, semantic)
 
 
-def test_part1_files_pixels_and_labels(part1, part1_ids, kaggle_part1):
+def test_part1_files_pixels_and_labels(export_tree, part1_ids, kaggle_part1):
+    part1 = export_tree("nnunet")
     reference = _reference(kaggle_part1, 1, "kaggle")
     training = sorted(part1_ids["train"] + part1_ids["validation"])
     test = part1_ids["test"]
@@ -107,7 +77,8 @@ def test_part1_files_pixels_and_labels(part1, part1_ids, kaggle_part1):
         _check_case(part1, "imagesTs", "labelsTs", case, reference)
 
 
-def test_part1_dataset_json_and_splits(part1, part1_ids):
+def test_part1_dataset_json_and_splits(export_tree, part1_ids):
+    part1 = export_tree("nnunet")
     training = len(part1_ids["train"]) + len(part1_ids["validation"])
     assert training == 23  # the reference split of 24 patches: 19 train, 4 validation, 1 test
     assert json.loads((part1 / "dataset.json").read_text()) == {**DATASET_JSON, "numTraining": 23}
@@ -118,7 +89,8 @@ def test_part1_dataset_json_and_splits(part1, part1_ids):
     assert splits == [{"train": part1_ids["train"], "val": part1_ids["validation"]}]
 
 
-def test_folds_put_every_fold_in_training_with_the_protocol_splits(folds, three_folds):
+def test_folds_put_every_fold_in_training_with_the_protocol_splits(export_tree, three_folds):
+    folds = export_tree("nnunet", config="folds")
     ids = {f"fold{f}": [f"fold{f}_{i:05d}" for i in range(n)] for f, n in THREE_FOLD_PATCHES.items()}
     every = sorted(ids["fold1"] + ids["fold2"] + ids["fold3"])
     assert sorted(os.listdir(folds)) == sorted(["dataset.json", "splits_final.json", "imagesTr", "labelsTr", *REPORTS])
@@ -137,7 +109,8 @@ def test_folds_put_every_fold_in_training_with_the_protocol_splits(folds, three_
     ]
 
 
-def test_all_config_maps_like_part1(all_config, three_folds):
+def test_all_config_maps_like_part1(export_tree, three_folds):
+    all_config = export_tree("nnunet", config="all")
     tissues = {fold: fake_tissues(n, fold) for fold, n in THREE_FOLD_PATCHES.items()}
     ids = {split: _ids(members) for split, members in reference_split(tissues, 0, (0.8, 0.15, 0.05)).items()}
     training = sorted(ids["train"] + ids["validation"])
@@ -164,7 +137,8 @@ def _verify(tree, cache, capsys):
     return code, capsys.readouterr().out.splitlines()
 
 
-def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, cache, tmp_path, capsys):
+def test_verify_passes_then_names_each_changed_or_extra_file(export_tree, part1_ids, cache, tmp_path, capsys):
+    part1 = export_tree("nnunet")
     tree = tmp_path / "Dataset500_PanNuke"
     shutil.copytree(part1, tree)
     assert _verify(tree, cache, capsys) == (0, [])
@@ -192,46 +166,21 @@ def test_verify_passes_then_names_each_changed_or_extra_file(part1, part1_ids, c
         1,
         [
             f"imagesTs/{part1_ids['test'][0]}_0000.png: missing",
-            "imagesTr/extra_0000.png: not in the source's splits",
+            "imagesTr/extra_0000.png: not part of the export",
             "splits_final.json: differs",
         ],
     )
 
 
-@pytest.mark.parametrize("which", ["folds", "all_config"])
-def test_three_fold_trees_verify(which, request, cache, capsys):
-    assert _verify(request.getfixturevalue(which), cache, capsys) == (0, [])
+@pytest.mark.parametrize("config", ["folds", "all"])
+def test_three_fold_trees_verify(config, export_tree, cache, capsys):
+    assert _verify(export_tree("nnunet", config=config), cache, capsys) == (0, [])
 
 
-@pytest.mark.parametrize("which", ["part1", "folds", "all_config"])
-def test_estimate_is_at_least_what_was_written(which, request, kaggle_part1, three_folds, cache):
-    tree = request.getfixturevalue(which)
-    config, data_dir = {"part1": ("part1", kaggle_part1), "folds": ("folds", three_folds)}.get(
-        which, ("all", three_folds)
-    )
-    dataset_dict = pim.build(config, data_dir=data_dir, cache_dir=cache)
-    estimated = sum(
-        get_format("nnunet").estimate(dataset_dict, {"mask_style": None, "image_format": None, "size": 256})
-    )
-    written = sum(
-        os.path.getsize(os.path.join(d, f))
-        for d, _, files in os.walk(tree)
-        for f in files
-        if not (d == str(tree) and f in REPORTS)
-    )
-    assert written <= estimated
-
-
-def test_a_folder_nnunet_cannot_find_gets_a_warning(kaggle_part1, cache, tmp_path, caplog):
-    dataset_dict = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
+def test_a_folder_nnunet_cannot_find_gets_a_warning():
     fmt = get_format("nnunet")
-    with caplog.at_level(logging.WARNING, logger="convert.formats.nnunet"):
-        fmt.finish(str(tmp_path), dataset_dict, {}, "/data/Dataset500_PanNuke", {})
-        assert caplog.messages == []
-        fmt.finish(str(tmp_path), dataset_dict, {}, "/data/pannuke-nnunet", {})
-    assert caplog.messages == [
-        (
-            "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw: "
-            "move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
-        )
+    assert fmt.advice("/data/Dataset500_PanNuke") == []
+    where = "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw"
+    assert fmt.advice("/data/pannuke-nnunet") == [
+        f"{where}: move /data/pannuke-nnunet to e.g. $nnUNet_raw/Dataset500_PanNuke"
     ]

@@ -5,7 +5,7 @@ import json
 import os
 
 import datasets
-from conftest import real_types
+from pannuke_fixtures import real_types
 
 import pannuke_imagemask as pim
 from convert import infos as infos_module

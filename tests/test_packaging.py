@@ -35,7 +35,9 @@ def test_install_has_a_unique_import_name_and_a_working_console_script(tmp_path)
     probe = "import importlib.util as u; print(u.find_spec('convert') is None, u.find_spec('pannuke_convert') is None)"
     found = subprocess.run([python, "-c", probe], check=False, **run)
     assert found.stdout.split() == ["True", "False"]
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=False, **run)
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=False, **run
+    )
     installed = sorted(
         name for name in os.listdir(site.stdout.strip()) if not name.endswith(".dist-info") and name != "__pycache__"
     )

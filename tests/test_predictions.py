@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from PIL import Image
 from prediction_reference import components, expected, reference_combination
 from pycocotools import mask as mask_utils

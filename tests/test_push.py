@@ -16,9 +16,9 @@ import datasets
 import numpy as np
 import pytest
 from blocks import needs_consumer_tier, python_blocks, run_blocks
-from conftest import HUB_REPO_ID as REPO_ID
-from conftest import raw_fold
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
+from pannuke_fixtures import HUB_REPO_ID as REPO_ID
+from pannuke_fixtures import raw_fold
 from PIL import Image
 from reference import PALETTE, palette_of, reference_labels, reference_split
 
@@ -59,9 +59,9 @@ def test_local_dir_is_a_hub_repository_layout(local_repo):
     ]
 
 
-def test_local_dir_loads_with_load_dataset_like_build(local_repo, kaggle_part1, hub_cache, tmp_path):
+def test_local_dir_loads_with_load_dataset_like_build(local_repo, kaggle_part1, cache, tmp_path):
     loaded = datasets.load_dataset(str(local_repo), "part1", cache_dir=str(tmp_path / "load"))
-    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=hub_cache)
+    built = pim.build("part1", data_dir=kaggle_part1, cache_dir=cache)
     _assert_same_rows(loaded, built)
 
 
@@ -195,10 +195,10 @@ def test_a_pushed_sample_says_it_is_fake(tmp_path):
 
 
 def test_local_dir_without_repo_id_names_a_placeholder_and_says_to_replace_it(
-    local_repo, kaggle_part1, hub_cache, tmp_path
+    local_repo, kaggle_part1, cache, tmp_path
 ):
     out = tmp_path / "repo"
-    assert main(["push", "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", hub_cache, "--quiet"]) == 0
+    assert main(["push", "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache, "--quiet"]) == 0
     assert _files(out) == _files(local_repo)
     text = (out / "README.md").read_text()
     note = (
@@ -248,11 +248,11 @@ def _assert_card_data_files_are_the_shards(folder):
     assert sorted(matched) == shards
 
 
-def test_every_config_to_local_dir(three_folds, hub_cache, tmp_path):
+def test_every_config_to_local_dir(three_folds, cache, tmp_path):
     out = tmp_path / "repo"
     configs = ["--config", "part1", "all", "--config", "folds"]  # one --config or several
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", three_folds, *configs, "--local-dir", str(out)]
-    assert main([*argv, "--cache-dir", hub_cache, "--quiet"]) == 0
+    assert main([*argv, "--cache-dir", cache, "--quiet"]) == 0
     assert sorted(os.listdir(out)) == ["README.md", "all", "folds", "id2label.json", "part1", "preview.png"]
     assert sorted(os.listdir(out / "folds")) == [
         "fold1-00000-of-00001.parquet",
@@ -264,15 +264,15 @@ def test_every_config_to_local_dir(three_folds, hub_cache, tmp_path):
     assert [c.get("default", False) for c in data["configs"]] == [True, False, False]
     _assert_card_data_files_are_the_shards(out)
     loaded = datasets.load_dataset(str(out), "folds", cache_dir=str(tmp_path / "load"))
-    _assert_same_rows(loaded, pim.build("folds", data_dir=three_folds, cache_dir=hub_cache))
+    _assert_same_rows(loaded, pim.build("folds", data_dir=three_folds, cache_dir=cache))
     # Nothing from the project's code goes to the Hub: datasets >= 4 refuses a repo with a script.
     assert not [f for f in _files(out) if f.endswith(".py")]
 
 
-def test_local_dir_is_not_overwritten_without_force(local_repo, kaggle_part1, hub_cache, capsys):
+def test_local_dir_is_not_overwritten_without_force(local_repo, kaggle_part1, cache, capsys):
     before = {f: (local_repo / f).read_bytes() for f in _files(local_repo)}
     argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(local_repo)]
-    assert main([*argv, "--cache-dir", hub_cache]) == 1
+    assert main([*argv, "--cache-dir", cache]) == 1
     assert capsys.readouterr().err == (
         f"pannuke-imagemask push: error: {local_repo} exists and is not empty; pass --force to update it\n"
     )
@@ -386,8 +386,8 @@ def hub(tmp_path, monkeypatch):
     return folder_hub
 
 
-def _hub_push(hub_cache, data_dir, *extra):
-    return main(["push", "--repo-id", REPO_ID, "--data-dir", data_dir, "--cache-dir", hub_cache, "--quiet", *extra])
+def _hub_push(cache, data_dir, *extra):
+    return main(["push", "--repo-id", REPO_ID, "--data-dir", data_dir, "--cache-dir", cache, "--quiet", *extra])
 
 
 def _same_trees(hub_root, local):
@@ -402,8 +402,8 @@ def _same_trees(hub_root, local):
     return names
 
 
-def test_push_commits_exactly_the_local_dir_folder(hub, local_repo, kaggle_part1, hub_cache, tmp_path):
-    assert _hub_push(hub_cache, kaggle_part1, "--private") == 0
+def test_push_commits_exactly_the_local_dir_folder(hub, local_repo, kaggle_part1, cache, tmp_path):
+    assert _hub_push(cache, kaggle_part1, "--private") == 0
     names = _same_trees(hub.root, local_repo)  # byte for byte, the card too
     assert hub.commits == [
         ("initial commit", [("add", ".gitattributes")]),
@@ -411,7 +411,7 @@ def test_push_commits_exactly_the_local_dir_folder(hub, local_repo, kaggle_part1
     ]
     assert hub.private is True
     loaded = datasets.load_dataset(hub.root, "part1", cache_dir=str(tmp_path / "load"))
-    _assert_same_rows(loaded, pim.build("part1", data_dir=kaggle_part1, cache_dir=hub_cache))
+    _assert_same_rows(loaded, pim.build("part1", data_dir=kaggle_part1, cache_dir=cache))
 
 
 def _shards(dataset_dict, config, max_bytes):
@@ -423,16 +423,14 @@ def _shards(dataset_dict, config, max_bytes):
     return names
 
 
-def test_pushing_a_config_keeps_the_other_configs_files_and_deletes_its_stale_shards(
-    hub, three_folds, hub_cache, tmp_path
-):
+def test_pushing_a_config_keeps_the_other_configs_files_and_deletes_its_stale_shards(hub, three_folds, cache, tmp_path):
     local = tmp_path / "local"
     trees = []
     for step in (["--config", "folds", "part1", "--max-shard-size", "1MB"], ["--config", "part1"]):
-        assert _hub_push(hub_cache, three_folds, *step) == 0  # each to the Hub and to --local-dir:
-        assert _hub_push(hub_cache, three_folds, *step, "--local-dir", str(local), "--force") == 0
+        assert _hub_push(cache, three_folds, *step) == 0  # each to the Hub and to --local-dir:
+        assert _hub_push(cache, three_folds, *step, "--local-dir", str(local), "--force") == 0
         trees.append(_same_trees(hub.root, local))  # the same files, byte for byte
-    built = {config: pim.build(config, data_dir=three_folds, cache_dir=hub_cache) for config in ("folds", "part1")}
+    built = {config: pim.build(config, data_dir=three_folds, cache_dir=cache) for config in ("folds", "part1")}
     folds, cut = _shards(built["folds"], "folds", 10**6), _shards(built["part1"], "part1", 10**6)
     part1 = _shards(built["part1"], "part1", 500 * 10**6)
     assert len(folds) > 3 and len(cut) > 3 and len(part1) == 3
@@ -451,11 +449,11 @@ def test_pushing_a_config_keeps_the_other_configs_files_and_deletes_its_stale_sh
     _assert_same_rows(loaded, built["folds"])
 
 
-def test_a_hub_push_without_room_to_stage_touches_nothing(hub, kaggle_part1, hub_cache, monkeypatch, capsys):
+def test_a_hub_push_without_room_to_stage_touches_nothing(hub, kaggle_part1, cache, monkeypatch, capsys):
     monkeypatch.setattr(
         "convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000)
     )
-    assert _hub_push(hub_cache, kaggle_part1) == 1
+    assert _hub_push(cache, kaggle_part1) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(
         rf"pannuke-imagemask push: error: {re.escape(tempfile.gettempdir())}/pannuke-imagemask-push\.\w+: not enough "
@@ -485,12 +483,12 @@ def test_real_hub_round_trip(tmp_path):  # pragma: no cover - opt-in, needs netw
         HfApi().delete_repo(repo_id, repo_type="dataset", missing_ok=True)
 
 
-def test_local_dir_without_room_is_refused_before_writing(kaggle_part1, hub_cache, tmp_path, monkeypatch, capsys):
+def test_local_dir_without_room_is_refused_before_writing(kaggle_part1, cache, tmp_path, monkeypatch, capsys):
     out = tmp_path / "repo"
     monkeypatch.setattr(
         "convert.common.shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=1000)
     )
-    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", hub_cache]
+    argv = ["push", "--repo-id", REPO_ID, "--data-dir", kaggle_part1, "--local-dir", str(out), "--cache-dir", cache]
     assert main([*argv, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import PART1_PATCHES, raw_fold
+from pannuke_fixtures import PART1_PATCHES, raw_fold
 from reference import reference_labels, reference_split
 
 import pannuke_imagemask as pim
@@ -232,8 +232,7 @@ def test_a_404_names_the_url_the_cause_and_the_ways_forward(empty_server, tmp_pa
     cache = tmp_path / "cache"
     assert main(["export", "--out", str(tmp_path / "out"), "--cache-dir", str(cache), "--quiet"]) == 1
     assert capsys.readouterr().err == (
-        f"pannuke-imagemask export: error: {url}/fold_1.zip: download failed: HTTP 404 File not found; "
-        f"{WAYS_FORWARD}\n"
+        f"pannuke-imagemask export: error: {url}/fold_1.zip: download failed: HTTP 404 File not found; {WAYS_FORWARD}\n"
     )
     assert _trusted_files(cache) == []
     assert not (tmp_path / "out").exists()
@@ -274,10 +273,7 @@ def test_other_download_failures_are_named(cause, said):
 def test_a_build_killed_mid_way_then_run_again_is_complete(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
     write_fold(str(data), 1, 400, "kaggle")
-    script = (
-        "import pannuke_imagemask as pim; "
-        f"pim.build('part1', data_dir={str(data)!r}, cache_dir={str(cache)!r})"
-    )
+    script = f"import pannuke_imagemask as pim; pim.build('part1', data_dir={str(data)!r}, cache_dir={str(cache)!r})"
     env = dict(os.environ, PYTHONPATH=ROOT, HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     process = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.monotonic() + 120

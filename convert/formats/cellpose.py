@@ -9,42 +9,30 @@ image). Training writes `<id>_flows.tif` beside each image and, from the command
 `<--dir>/models/`: verify accepts those and names every other unexpected file.
 """
 
-import os
-
-from . import Format, png_lengths, png_tree_problems, write_bytes
+from ..files import Png
+from ..images import png_lengths
+from . import Format
 
 MASK_SUFFIX = "_masks"  # cellpose's default --mask_filter
 
 
 class Cellpose(Format):
-    name = "cellpose"
     # dynamics.labels_to_flows caches each image's flows as <image stem>_flows.tif; the CLI saves the
     # trained model in <--dir>/models/ (train.train_seg with save_path=--dir).
     consumer_files = ("*/*_flows.tif", "*/models/*")
 
-    def paths(self, split, patch_id):
-        folder = self.split_dir(split)
-        return f"{folder}/{patch_id}.png", f"{folder}/{patch_id}{MASK_SUFFIX}.png"
-
-    def prepare(self, root, dataset_dict, options):
-        for split in dataset_dict:
-            os.makedirs(os.path.join(root, self.split_dir(split)), exist_ok=True)
-
-    def write_patch(self, root, split, position, row, options):
-        image_path, mask_path = self.paths(split, row["id"])
-        write_bytes(os.path.join(root, image_path), row["image"]["bytes"])
-        write_bytes(os.path.join(root, mask_path), row["instance_mask"]["bytes"])
+    def patch_files(self, split, position, row, options):
+        stem = f"{self.split_dir(split)}/{row['id']}"
+        return [
+            Png(f"{stem}.png", row["image"]["bytes"]),
+            Png(f"{stem}{MASK_SUFFIX}.png", row["instance_mask"]["bytes"]),
+        ]
 
     def estimate(self, dataset_dict, options):
         sizes = []
         for dataset in dataset_dict.values():  # both files are the builder's PNGs: their sizes are known
             sizes += png_lengths(dataset, "image") + png_lengths(dataset, "instance_mask")
         return sizes
-
-    def verify(self, root, dataset_dict, manifest, progress=None):
-        return png_tree_problems(
-            self, root, dataset_dict, lambda row: (row["image"]["bytes"], row["instance_mask"]["bytes"]), progress
-        )
 
 
 FORMAT = Cellpose()

@@ -18,7 +18,6 @@ Labels are int32 always; CellViT's own script leaves inst_map float64 on a patch
 casts both maps to int32, so it reads the same values).
 """
 
-import os
 import pickle
 import pickletools
 import struct
@@ -30,9 +29,11 @@ import numpy as np
 import pannuke_imagemask as pim
 
 from ..common import nuclei_per_class
-from . import Format, compare_png, decode, list_files, png_lengths, undecoded, write_bytes
+from ..files import Checked, Png, Text
+from ..images import NATIVE_SIZE, decode, png_lengths
+from . import Format
 
-SIDE = 256
+SIDE = NATIVE_SIZE
 FOLD_OF_SPLIT = {"train": 0, "validation": 1, "test": 2, "fold1": 0, "fold2": 1, "fold3": 2}
 # CellViT's names, written out as its configs/datasets/PanNuke files spell them.
 NUCLEI_TYPES = ["Background", "Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial"]
@@ -130,6 +131,8 @@ def read_label(data):
         inst_map = np.frombuffer(data, "<i4", SIDE * SIDE, len(LABEL_PREFIX)).reshape(SIDE, SIDE)
         type_map = np.frombuffer(data, "<i4", SIDE * SIDE, _MIDDLE_AT + len(LABEL_MIDDLE)).reshape(SIDE, SIDE)
         return inst_map, type_map
+    if len(data) < LABEL_BYTES and data[: len(LABEL_PREFIX)] == LABEL_PREFIX[: len(data)]:
+        raise ValueError(f"truncated: {len(data)} bytes, a label file has {LABEL_BYTES}")
     if data[: len(NPY_HEADER)] != NPY_HEADER:
         raise ValueError("is not the .npy of a pickled dict (header differs)")
     names = pickle_globals(data[len(NPY_HEADER) :])
@@ -202,30 +205,47 @@ def weight_config_text(records):
     return "tissue:\n" + "".join(f'  "{name}": {counts[name]}\n' for name in pim.TISSUES if counts[name])
 
 
+def label_problems(instance, semantic):
+    """The check of a label file's bytes: read without unpickling, then both maps compared."""
+
+    def check(data):
+        try:
+            inst_map, type_map = read_label(data)
+        except ValueError as exc:
+            return [str(exc)]
+        problems = []
+        for key, actual, expected in (("inst_map", inst_map, instance), ("type_map", type_map, semantic)):
+            wrong = int((actual != expected).sum())
+            if wrong:
+                problems.append(f"{key}: {wrong} of {SIDE * SIDE} values differ")
+        return problems
+
+    return check
+
+
 class CellViT(Format):
-    name = "cellvit"
     split_dirs: ClassVar[dict] = {split: f"fold{k}" for split, k in FOLD_OF_SPLIT.items()}
 
-    def prepare(self, root, dataset_dict, options):
-        for split in dataset_dict:
-            for sub in ("images", "labels"):
-                os.makedirs(os.path.join(root, self.split_dir(split), sub), exist_ok=True)
-
-    def write_patch(self, root, split, position, row, options):
-        record = patch_record(split, position, row)
-        folder = os.path.join(root, self.split_dir(split))
-        write_bytes(os.path.join(folder, "images", f"{record[0]}.png"), row["image"]["bytes"])
+    def patch_files(self, split, position, row, options):
+        folder, name = self.split_dir(split), stem(split, position, row)
         instance, semantic = decode(row["instance_mask"]["bytes"]), decode(row["semantic_mask"]["bytes"])
-        write_bytes(os.path.join(folder, "labels", f"{record[0]}.npy"), *label_chunks(instance, semantic))
-        return record
+        label = label_chunks(instance, semantic)
+        return [
+            Png(f"{folder}/images/{name}.png", row["image"]["bytes"]),
+            Checked(f"{folder}/labels/{name}.npy", label, label_problems(instance, semantic)),
+        ]
 
-    def finish_split(self, root, split, records, dataset, options):
-        for name, text in csv_texts(records).items():
-            write_bytes(os.path.join(root, self.split_dir(split), name), text.encode())
+    def record(self, split, position, row, options):
+        return patch_record(split, position, row)
 
-    def finish(self, root, dataset_dict, options, out, records):
-        write_bytes(os.path.join(root, "dataset_config.yaml"), dataset_config_text().encode())
-        write_bytes(os.path.join(root, "weight_config.yaml"), weight_config_text(records.values()).encode())
+    def tree_files(self, dataset_dict, records, options):
+        files = [
+            Text(f"{self.split_dir(s)}/{name}", text) for s in records for name, text in csv_texts(records[s]).items()
+        ]
+        return files + [
+            Text("dataset_config.yaml", dataset_config_text()),
+            Text("weight_config.yaml", weight_config_text(records.values())),
+        ]
 
     def estimate(self, dataset_dict, options):
         sizes = [YAML_BOUND, YAML_BOUND]
@@ -233,76 +253,6 @@ class CellViT(Format):
             sizes += png_lengths(dataset, "image") + [LABEL_BYTES] * dataset.num_rows
             sizes += [CSV_ROW_BOUND * (dataset.num_rows + 1)] * 3
         return sizes
-
-    def verify(self, root, dataset_dict, manifest, progress=None):
-        actual = list_files(root)
-        expected, problems, all_records = set(), [], []
-        for split, dataset in dataset_dict.items():
-            folder = self.split_dir(split)
-            records = []
-            for position, row in enumerate(undecoded(dataset)):
-                record = patch_record(split, position, row)
-                records.append(record)
-                image, label = f"{folder}/images/{record[0]}.png", f"{folder}/labels/{record[0]}.npy"
-                expected.update((image, label))
-                if image in actual:
-                    problem = compare_png(os.path.join(root, image), row["image"]["bytes"])
-                    if problem:
-                        problems.append(f"{image}: {problem}")
-                if label in actual:
-                    maps = (decode(row["instance_mask"]["bytes"]), decode(row["semantic_mask"]["bytes"]))
-                    problems += [f"{label}: {p}" for p in label_problems(os.path.join(root, label), *maps)]
-                if progress:
-                    progress(1)
-            for name, text in csv_texts(records).items():
-                expected.add(f"{folder}/{name}")
-                if f"{folder}/{name}" in actual:
-                    problem = text_problem(os.path.join(root, folder, name), text)
-                    if problem:
-                        problems.append(f"{folder}/{name}: {problem}")
-            all_records.append(records)
-        problems = self.file_problems(expected, actual) + problems
-        for name, text in (
-            ("dataset_config.yaml", dataset_config_text()),
-            ("weight_config.yaml", weight_config_text(all_records)),
-        ):
-            problem = text_problem(os.path.join(root, name), text)
-            if problem:
-                problems.append(f"{name}: {problem}")
-        return problems
-
-
-def label_problems(path, instance, semantic):
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        inst_map, type_map = read_label(data)
-    except ValueError as exc:
-        return [str(exc)]
-    problems = []
-    for key, actual, expected in (("inst_map", inst_map, instance), ("type_map", type_map, semantic)):
-        wrong = int((actual != expected).sum())
-        if wrong:
-            problems.append(f"{key}: {wrong} of {SIDE * SIDE} values differ")
-    return problems
-
-
-def text_problem(path, expected):
-    """None if the file holds exactly expected, else the first line that differs (or that it is missing)."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            actual = f.read()
-    except FileNotFoundError:
-        return "missing"
-    except (OSError, UnicodeDecodeError) as exc:
-        return f"cannot be read ({exc})"
-    if actual == expected:
-        return None
-    actual_lines, expected_lines = actual.split("\n"), expected.split("\n")
-    for number, (got, want) in enumerate(zip(actual_lines, expected_lines), 1):
-        if got != want:
-            return f"line {number} is {got!r}, expected {want!r}"
-    return f"has {len(actual_lines) - 1} lines, expected {len(expected_lines) - 1}"
 
 
 FORMAT = CellViT()

@@ -13,16 +13,14 @@ train/validation split. With the folds config all three folds are in imagesTr/la
 0, 1, 2 are the official protocol's splits 1, 2, 3 (their test folds: fold3, fold3, fold1).
 """
 
-import json
-import logging
 import os
 import re
 
 import pannuke_imagemask as pim
 
-from . import FOLD_PROTOCOL, Format, decode, png_bound, png_lengths, png_tree_problems, write_bytes
-
-logger = logging.getLogger(__name__)
+from ..files import Json, Png
+from ..images import NATIVE_SIZE, decode, png_bound, png_lengths
+from . import FOLD_PROTOCOL, Format
 
 FILE_ENDING = ".png"
 TEST_SPLITS = ("test",)  # everything else (train, validation, fold1..3) is a training case of nnU-Net
@@ -51,77 +49,43 @@ def splits_final(ids_by_split):
     return [{"train": ids_by_split.get("train", []), "val": ids_by_split.get("validation", [])}]
 
 
-def json_text(content):
-    return json.dumps(content, indent=2) + "\n"
-
-
 def label_png(row):
     """The label file: the builder's semantic classes as a single-channel (L) PNG, not its palette PNG."""
     return pim.encode_png(decode(row["semantic_mask"]["bytes"]))
 
 
 class NnUNet(Format):
-    name = "nnunet"
-
     @staticmethod
     def folders(split):
         """(images folder, labels folder) of a split: nnU-Net's test folders for the test split, else training."""
         return ("imagesTs", "labelsTs") if split in TEST_SPLITS else ("imagesTr", "labelsTr")
 
-    def paths(self, split, patch_id):
+    def patch_files(self, split, position, row, options):
         images, labels = self.folders(split)
-        return f"{images}/{patch_id}_0000{FILE_ENDING}", f"{labels}/{patch_id}{FILE_ENDING}"
+        return [
+            Png(f"{images}/{row['id']}_0000{FILE_ENDING}", row["image"]["bytes"]),  # already an 8-bit RGB PNG
+            Png(f"{labels}/{row['id']}{FILE_ENDING}", label_png(row)),
+        ]
 
-    def prepare(self, root, dataset_dict, options):
-        for split in dataset_dict:
-            for folder in self.folders(split):
-                os.makedirs(os.path.join(root, folder), exist_ok=True)
-
-    def write_patch(self, root, split, position, row, options):
-        image_path, label_path = self.paths(split, row["id"])
-        write_bytes(os.path.join(root, image_path), row["image"]["bytes"])  # already an 8-bit RGB PNG
-        write_bytes(os.path.join(root, label_path), label_png(row))
-
-    def top_files(self, dataset_dict):
-        """{file name: text} of dataset.json and splits_final.json."""
+    def tree_files(self, dataset_dict, records, options):
         training = sum(ds.num_rows for split, ds in dataset_dict.items() if split not in TEST_SPLITS)
         ids = {split: list(ds["id"]) for split, ds in dataset_dict.items()}
-        return {"dataset.json": json_text(dataset_json(training)), "splits_final.json": json_text(splits_final(ids))}
+        return [Json("dataset.json", dataset_json(training)), Json("splits_final.json", splits_final(ids))]
 
-    def finish(self, root, dataset_dict, options, out, records):
-        for name, text in self.top_files(dataset_dict).items():
-            write_bytes(os.path.join(root, name), text.encode())
-        if not DATASET_FOLDER.match(os.path.basename(out)):
-            logger.warning(
-                "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw: "
-                "move %s to e.g. $nnUNet_raw/%s",
-                out,
-                SUGGESTED_NAME,
-            )
+    def advice(self, out):
+        if DATASET_FOLDER.match(os.path.basename(out)):
+            return []
+        where = "nnU-Net finds a dataset by its folder name Dataset<NNN>_<Name> under $nnUNet_raw"
+        return [f"{where}: move {out} to e.g. $nnUNet_raw/{SUGGESTED_NAME}"]
 
     def estimate(self, dataset_dict, options):
         sizes = []
         for dataset in dataset_dict.values():
             sizes += png_lengths(dataset, "image")  # copied as they are
-            sizes += [png_bound(256, 256)] * dataset.num_rows
+            sizes += [png_bound(NATIVE_SIZE, NATIVE_SIZE)] * dataset.num_rows
         rows = sum(ds.num_rows for ds in dataset_dict.values())
         # splits_final.json names an id at most three times (the folds protocol); dataset.json is small.
         return sizes + [3 * SPLIT_ID_BYTES * rows + 4096, 4096]
-
-    def verify(self, root, dataset_dict, manifest, progress=None):
-        problems = png_tree_problems(
-            self, root, dataset_dict, lambda row: (row["image"]["bytes"], label_png(row)), progress
-        )
-        for name, text in self.top_files(dataset_dict).items():
-            try:
-                with open(os.path.join(root, name)) as f:
-                    written = json.load(f)
-            except (OSError, ValueError) as exc:
-                problems.append(f"{name}: cannot be read as JSON ({exc})")
-                continue
-            if written != json.loads(text):
-                problems.append(f"{name}: differs")
-        return problems
 
 
 FORMAT = NnUNet()

@@ -13,17 +13,15 @@ bridges are the only pixels the fill adds. data.yaml names no `path`: Ultralytic
 the YAML is in, wherever it has been moved.
 """
 
-import os
-
 import cv2
 import numpy as np
 import pyarrow.compute as pc
-import yaml
 
 import pannuke_imagemask as pim
 
-from . import FOLD_PROTOCOL, Format, decode, list_files, undecoded, write_bytes
-from .imagemask import compare_image, image_file, image_size_bounds
+from ..files import Text, Yaml, image_file
+from ..images import decode, image_size_bounds
+from . import FOLD_PROTOCOL, Format
 
 SPLIT_DIRS = {"train": "train", "validation": "val", "test": "test"}  # Ultralytics' own folder names
 DECIMALS = 6
@@ -37,7 +35,7 @@ INSET = 1 / 64
 
 
 # A bound for the free-space estimate: each pixel has 4 half-pixels, a walk passes a pinch twice, a corner may
-# add a point and each hole 2 for its bridge. Measured worst cases (tests/test_formats.py): a diagonal line 6.0,
+# add a point and each hole 2 for its bridge. Measured worst cases (tests/test_format_yolo.py): a diagonal line 6.0,
 # a checkerboard (a hole at every other pixel) 9.6 points per pixel.
 POINTS_PER_PIXEL = 10
 
@@ -155,76 +153,36 @@ def label_text(instance, nuclei):
 
 
 class Yolo(Format):
-    name = "yolo"
     takes = ("image_format",)
     split_dirs = SPLIT_DIRS
     changed_in = "1.2.0"  # outlines written for Ultralytics' rasteriser; data.yaml without path
     consumer_files = ("labels/*.cache",)  # Ultralytics caches what it read of each labels/<split> folder
 
-    def paths(self, split, patch_id, image_format):
-        folder = self.split_dir(split)
-        return f"images/{folder}/{patch_id}.{image_format}", f"labels/{folder}/{patch_id}.txt"
-
-    def prepare(self, root, dataset_dict, options):
-        for split in dataset_dict:
-            for sub in ("images", "labels"):
-                os.makedirs(os.path.join(root, sub, self.split_dir(split)), exist_ok=True)
-
-    def write_patch(self, root, split, position, row, options):
-        image_path, label_path = self.paths(split, row["id"], options["image_format"])
-        write_bytes(os.path.join(root, image_path), image_file(row, options["image_format"]))
+    def patch_files(self, split, position, row, options):
+        folder, image_format = self.split_dir(split), options["image_format"]
         text = label_text(decode(row["instance_mask"]["bytes"]), row["nuclei"])
-        write_bytes(os.path.join(root, label_path), text.encode())
+        return [image_file(f"images/{folder}/{row['id']}.{image_format}", row, image_format),
+                Text(f"labels/{folder}/{row['id']}.txt", text)]  # fmt: skip
 
-    def finish(self, root, dataset_dict, options, out, records):
-        for name, text in data_yamls([self.split_dir(s) for s in dataset_dict]).items():
-            write_bytes(os.path.join(root, name), text.encode())
+    def tree_files(self, dataset_dict, records, options):
+        return [Yaml(name, content) for name, content in data_yamls([self.split_dir(s) for s in dataset_dict]).items()]
 
     def estimate(self, dataset_dict, options):
         sizes = []
         for dataset in dataset_dict.values():
-            sizes += image_size_bounds(dataset, options["image_format"], 256)
+            sizes += image_size_bounds(dataset, options["image_format"])
             # At most POINTS_PER_PIXEL points per pixel of the nucleus (plus bridges), 2 x 9 characters each.
             nuclei = dataset.data.table.column("nuclei").combine_chunks()  # row indices over the whole split
             rows = pc.list_parent_indices(nuclei).to_numpy(zero_copy_only=False)
             areas = pc.struct_field(pc.list_flatten(nuclei), "area").to_numpy(zero_copy_only=False)
-            sizes += np.bincount(rows, weights=4 + 18 * (POINTS_PER_PIXEL * areas + 8), minlength=dataset.num_rows).tolist()
+            sizes += np.bincount(
+                rows, weights=4 + 18 * (POINTS_PER_PIXEL * areas + 8), minlength=dataset.num_rows
+            ).tolist()
         return sizes + [4096]
-
-    def verify(self, root, dataset_dict, manifest, progress=None):
-        image_format = manifest["image_format"]
-        expected = {p for split, ds in dataset_dict.items() for i in ds["id"] for p in self.paths(split, i, image_format)}
-        actual = list_files(root)
-        problems = self.file_problems(expected, actual)
-        for split, dataset in dataset_dict.items():
-            for row in undecoded(dataset):
-                image_path, label_path = self.paths(split, row["id"], image_format)
-                if image_path in actual:
-                    problem = compare_image(root, image_path, row, image_format)
-                    if problem:
-                        problems.append(f"{image_path}: {problem}")
-                if label_path in actual:
-                    with open(os.path.join(root, label_path), "rb") as f:
-                        written = f.read()
-                    wanted = label_text(decode(row["instance_mask"]["bytes"]), row["nuclei"]).encode()
-                    if written != wanted:
-                        problems.append(f"{label_path}: differs from the outlines of the source's nuclei")
-                if progress:
-                    progress(1)
-        for name, text in data_yamls([self.split_dir(s) for s in dataset_dict]).items():
-            try:
-                with open(os.path.join(root, name)) as f:
-                    written = yaml.safe_load(f)
-            except (OSError, yaml.YAMLError) as exc:
-                problems.append(f"{name}: cannot be read as YAML ({exc})")
-                continue
-            if written != yaml.safe_load(text):
-                problems.append(f"{name}: differs")
-        return problems
 
 
 def data_yamls(folders):
-    """{file name: YAML text}: data.yaml; for the folds config also data_split{2,3}.yaml (official protocol)."""
+    """{file name: content}: data.yaml; for the folds config also data_split{2,3}.yaml (official protocol)."""
     names = dict(enumerate(pim.NUCLEUS_CLASSES))
     if set(folders) == {"fold1", "fold2", "fold3"}:
         arrangements = {
@@ -239,7 +197,7 @@ def data_yamls(folders):
             if folder:
                 content[key] = f"images/{folder}"
         content["names"] = names
-        files[name] = yaml.safe_dump(content, sort_keys=False)
+        files[name] = content
     return files
 
 
