@@ -132,19 +132,6 @@ def same_arrays(path, conversions, **options):
 
 
 @pytest.fixture(scope="module")
-def ultralytics_env(tmp_path_factory):
-    """Offline, with its settings in a private folder (it writes a settings file on import)."""
-    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_CONFIG_DIR")}
-    os.environ.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path_factory.mktemp("ultralytics-config")))
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
 def yolo_weights(ultralytics_env, work, tmp_path_factory):
     """The tier's one-epoch model (as consumer_tests/test_ultralytics.py trains it), on split 1's data.yaml."""
     from ultralytics import YOLO

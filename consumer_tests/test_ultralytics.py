@@ -13,20 +13,6 @@ from convert.__main__ import main
 
 
 @pytest.fixture(scope="module")
-def ultralytics_env(tmp_path_factory):
-    """Offline, with its settings in a private folder (it writes a settings file on import)."""
-    config = tmp_path_factory.mktemp("ultralytics-config")
-    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_CONFIG_DIR")}
-    os.environ.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config))
-    yield config
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
 def tree(tmp_path_factory, kaggle_part1, cache):
     out = tmp_path_factory.mktemp("yolo") / "export"
     assert (

@@ -5,42 +5,27 @@ JPEG images, --size 128, --config folds); here datasets 3.6 reads them, and ever
 value is compared with tests/reference.py's computation from the raw fake folds.
 """
 
-import json
 import os
 
 import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from reference import reference_image, reference_labels, reference_mask  # tests/ is on pytest's pythonpath
+from reference import (  # tests/ is on pytest's pythonpath
+    CLASS_NAMES,
+    MASK_DTYPES,
+    imagefolder_features,
+    reference_image,
+    reference_labels,
+    reference_mask,
+)
 
 from convert.sample import fold_paths
 
 FIXTURE = os.environ.get("PANNUKE_LEGACY_DIR")
-CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
 FOLD_PATCHES = {1: 24, 2: 22, 3: 23}  # as make_expected.py writes data3
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "mask": datasets.Image(),
-        "id": datasets.Value("string"),
-        "fold": datasets.Value("int64"),
-        "index": datasets.Value("int64"),
-        "tissue": datasets.Value("string"),
-        **{f"n_{name}": datasets.Value("int64") for name in CLASS_NAMES},
-        "n_nuclei": datasets.Value("int64"),
-    }
-)
-MASK_DTYPES = {"color": np.uint8, "semantic": np.uint8, "binary": np.uint8, "instance": np.uint16}
-
-
-@pytest.fixture(scope="module")
-def expected():
-    if not FIXTURE:
-        pytest.fail("PANNUKE_LEGACY_DIR is not set: run legacy_tests/make_expected.py DIR first (see .ci/run)")
-    with open(os.path.join(FIXTURE, "expected.json")) as f:
-        return json.load(f)
+FEATURES = imagefolder_features(datasets)
 
 
 def _raw(data_dir, fold):

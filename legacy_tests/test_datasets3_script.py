@@ -5,7 +5,6 @@ written a fake fold and the main environment's results to $PANNUKE_LEGACY_DIR.
 """
 
 import hashlib
-import json
 import os
 
 import datasets
@@ -14,14 +13,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.environ.get("PANNUKE_LEGACY_DIR")
-
-
-@pytest.fixture(scope="module")
-def expected():
-    if not FIXTURE:
-        pytest.fail("PANNUKE_LEGACY_DIR is not set: run legacy_tests/make_expected.py DIR first (see .ci/run)")
-    with open(os.path.join(FIXTURE, "expected.json")) as f:
-        return json.load(f)
 
 
 def test_script_loads_under_datasets_3(expected, tmp_path):

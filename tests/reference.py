@@ -10,6 +10,26 @@ from decimal import Decimal
 import numpy as np
 
 SPLIT_NAMES = ("train", "validation", "test")
+CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+MASK_DTYPES = {"color": np.uint8, "semantic": np.uint8, "binary": np.uint8, "instance": np.uint16}
+
+
+def imagefolder_features(datasets):
+    """What `load_dataset("imagefolder")` makes of an imagemask tree, written out: the two files as Image
+    columns, then the metadata. datasets is passed in: the lean suite and datasets 3.6's legacy job share it."""
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "id": datasets.Value("string"),
+            "fold": datasets.Value("int64"),
+            "index": datasets.Value("int64"),
+            "tissue": datasets.Value("string"),
+            **{f"n_{name}": datasets.Value("int64") for name in CLASS_NAMES},
+            "n_nuclei": datasets.Value("int64"),
+        }
+    )
+
 
 # The semantic palette of the spec, written out here: background black, then neoplastic, inflammatory,
 # connective, dead, epithelial.

@@ -15,27 +15,20 @@ import numpy as np
 import pytest
 from pannuke_fixtures import PART1_PATCHES, THREE_FOLD_PATCHES, copy_tree, part1_members, raw_fold
 from PIL import Image
-from reference import reference_image, reference_labels, reference_mask
+from reference import (
+    CLASS_NAMES,
+    MASK_DTYPES,
+    imagefolder_features,
+    reference_image,
+    reference_labels,
+    reference_mask,
+)
 
 from convert.__main__ import main
 
 STYLES = ("color", "semantic", "binary", "instance")
-CLASS_NAMES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
-# What imagefolder makes of a tree, written out: the two files as Image columns, then the metadata.
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "mask": datasets.Image(),
-        "id": datasets.Value("string"),
-        "fold": datasets.Value("int64"),
-        "index": datasets.Value("int64"),
-        "tissue": datasets.Value("string"),
-        **{f"n_{name}": datasets.Value("int64") for name in CLASS_NAMES},
-        "n_nuclei": datasets.Value("int64"),
-    }
-)
+FEATURES = imagefolder_features(datasets)
 READ_AS = {"color": "RGB", "semantic": "L", "binary": "L"}  # Pillow's convert() of each style
-MASK_DTYPES = {"color": np.uint8, "semantic": np.uint8, "binary": np.uint8, "instance": np.uint16}
 FOLD_SOURCES = {1: ("", "kaggle"), 2: ("fold_2", "kaggle-flat"), 3: ("", "official")}  # see tests/conftest.py
 
 
