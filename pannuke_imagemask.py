@@ -88,6 +88,7 @@ CLASS_COLORS = np.array(
     dtype=np.uint8,
 )
 
+PATCH_SIZE = 256  # the side of every PanNuke patch, in pixels: the one name of it in the project
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_RATIOS = (0.80, 0.15, 0.05)
 DEFAULT_SPLIT_SEED = 0

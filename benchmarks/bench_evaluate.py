@@ -46,7 +46,7 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
-from convert.sample import PATCH, fold_paths, write_fold
+from convert.sample import fold_paths, write_fold
 
 # Runs the official run.py as its own __main__, with docopt's one call answered from our argv.
 OFFICIAL_RUNNER = """
@@ -83,7 +83,7 @@ def write_array(path, shape, dtype, rows):
 def write_prediction(path, masks, seed=0):
     rng = np.random.default_rng(seed)
     rows = (perturbed(masks[index], rng) for index in range(len(masks)))
-    write_array(path, (len(masks), PATCH, PATCH, 5), np.uint16, rows)
+    write_array(path, (len(masks), pim.PATCH_SIZE, pim.PATCH_SIZE, 5), np.uint16, rows)
 
 
 def on_top(channels):
@@ -276,7 +276,7 @@ def write_layouts(root, pred_path, n):
             results.append({"image_id": stem, "category_id": kind, "segmentation": _rle(mask), "score": score})
             polygon = _polygon(mask)
             if len(polygon) >= 3:  # Ultralytics skips shorter segments
-                values = [kind - 1, *(polygon / PATCH).ravel().tolist(), score]
+                values = [kind - 1, *(polygon / pim.PATCH_SIZE).ravel().tolist(), score]
                 lines.append(("%g " * len(values)).rstrip() % tuple(values))
         if lines:  # Ultralytics and cellpose write no file for an image without detections
             with open(os.path.join(paths["yolo"], "labels", f"{stem}.txt"), "w") as f:
@@ -319,7 +319,9 @@ def main(argv=None):
     if not os.path.exists(paths["types"]):
         os.makedirs(args.workdir, exist_ok=True)
         copies = 2 if args.official else 1
-        needed = n * PATCH * PATCH * ((3 + 6 * copies) * 8 + 5 * 2 * copies)  # float64 fold, uint16 prediction
+        needed = (
+            n * pim.PATCH_SIZE * pim.PATCH_SIZE * ((3 + 6 * copies) * 8 + 5 * 2 * copies)
+        )  # float64 fold, uint16 prediction
         free = shutil.disk_usage(args.workdir).free
         if free < needed * 1.2:
             sys.exit(f"{args.workdir}: {free / 1e9:.1f} GB free, the fold and prediction need {needed / 1e9:.1f} GB")

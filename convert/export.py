@@ -33,7 +33,7 @@ from .common import (
     run_cli,
     staging_dir,
 )
-from .formats import FORMAT_NAMES, NATIVE_SIZE, get_format, summary_row, undecoded
+from .formats import FORMAT_NAMES, get_format, summary_row, undecoded
 from .formats.imagemask import IMAGE_FORMATS, MASK_STYLES
 from .images import JPEG_QUALITY
 from .pictures import write_samples, write_statistics
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 TASK_PATCHES = 32  # patches per task handed to a worker: small enough for a smooth progress bar
 
 # The options only some formats take, their defaults, and how the command line spells them.
-FORMAT_OPTIONS = {"size": (NATIVE_SIZE, "--size"), "mask_style": ("color", "--mask-style"),
+FORMAT_OPTIONS = {"size": (pim.PATCH_SIZE, "--size"), "mask_style": ("color", "--mask-style"),
                   "image_format": ("png", "--image-format")}  # fmt: skip
 
 
@@ -147,7 +147,7 @@ def export(args):
     fmt = get_format(args.format)
     # What the format writes, as export.json records it: None for an option the format does not take.
     options = {key: getattr(args, key) if key in fmt.takes else None for key in ("mask_style", "image_format", "size")}
-    options["size"] = options["size"] or NATIVE_SIZE
+    options["size"] = options["size"] or pim.PATCH_SIZE
     check_free_space(out, disk_bytes(fmt.estimate(dataset_dict, options)))
     with staging_dir(out) as tmp:
         records = write_tree(

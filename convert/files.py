@@ -15,7 +15,6 @@ import yaml
 import pannuke_imagemask as pim
 
 from .images import (
-    NATIVE_SIZE,
     PNG_SIGNATURE,
     compare_array,
     compare_jpeg,
@@ -332,9 +331,9 @@ def text_difference(actual, expected, shown=40):
     return f"has {len(actual_lines) - 1} lines, expected {len(expected_lines) - 1}"
 
 
-def image_file(path, row, image_format, size=NATIVE_SIZE):
+def image_file(path, row, image_format, size=pim.PATCH_SIZE):
     """The image file of a builder row (images undecoded): its PNG itself when nothing changes, else re-encoded."""
-    if image_format == "png" and size == NATIVE_SIZE:
+    if image_format == "png" and size == pim.PATCH_SIZE:
         return Png(path, row["image"]["bytes"])
     image = rgb_image(row["image"]["bytes"], size)
     if image_format == "png":

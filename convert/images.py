@@ -13,7 +13,6 @@ from PIL import Image
 
 import pannuke_imagemask as pim
 
-NATIVE_SIZE = 256  # the side of every PanNuke patch, in pixels
 JPEG_QUALITY = 95
 JPEG_TOLERANCE = 4.0  # mean |difference| per channel value; quality-95 4:4:4 JPEG of noisy fake patches: ~3.2
 HEADER_BOUND = 4096  # PNG signature, IHDR, palette, IEND and zlib framing, JPEG headers: far less than this
@@ -68,9 +67,9 @@ def jpeg_bound(height, width):
     return height * width * 3 + HEADER_BOUND
 
 
-def image_size_bounds(dataset, image_format, size=NATIVE_SIZE):
+def image_size_bounds(dataset, image_format, size=pim.PATCH_SIZE):
     """Sizes of a split's image files: known exactly for native PNG (the builder's, copied), else a bound."""
-    if image_format == "png" and size == NATIVE_SIZE:
+    if image_format == "png" and size == pim.PATCH_SIZE:
         return png_lengths(dataset, "image")
     bound = png_bound(size, size, 3) if image_format == "png" else jpeg_bound(size, size)
     return [bound] * dataset.num_rows

@@ -10,9 +10,8 @@ import os
 
 import numpy as np
 
-from pannuke_imagemask import TISSUES
+from pannuke_imagemask import PATCH_SIZE, TISSUES
 
-PATCH = 256
 LAYOUTS = ("kaggle", "kaggle-flat", "official")
 SAMPLE_PATCHES = 36
 # Bump whenever the sample's files change (fake_patch, fake_tissues, SAMPLE_PATCHES): a sample cached under an
@@ -65,17 +64,17 @@ def fake_tissues(n, fold):
 
 
 def _disk(cy, cx, r):
-    yy, xx = np.ogrid[:PATCH, :PATCH]
+    yy, xx = np.ogrid[:PATCH_SIZE, :PATCH_SIZE]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def fake_patch(fold, index):
     """One (image float64 (256, 256, 3), mask float64 (256, 256, 6)) pair, deterministic in (fold, index)."""
     rng = np.random.default_rng([fold, index])
-    image = np.empty((PATCH, PATCH, 3))
+    image = np.empty((PATCH_SIZE, PATCH_SIZE, 3))
     image[...] = (236, 190, 220)  # eosin pink
     image += rng.normal(0, 12, size=image.shape)
-    mask = np.zeros((PATCH, PATCH, 6))
+    mask = np.zeros((PATCH_SIZE, PATCH_SIZE, 6))
     if index not in (VOID_ROW, EMPTY_ROW):
         ids = rng.choice(np.arange(1, 3521), size=48, replace=False)
         ids[0] = 3517  # above 255 and above 3,500, as in the real data
@@ -105,8 +104,10 @@ def write_fold(root, fold, n, layout="kaggle"):
     paths = fold_paths(root, fold, layout)
     for path in paths.values():
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    images = np.lib.format.open_memmap(paths["images"], mode="w+", dtype=np.float64, shape=(n, PATCH, PATCH, 3))
-    masks = np.lib.format.open_memmap(paths["masks"], mode="w+", dtype=np.float64, shape=(n, PATCH, PATCH, 6))
+    images = np.lib.format.open_memmap(
+        paths["images"], mode="w+", dtype=np.float64, shape=(n, PATCH_SIZE, PATCH_SIZE, 3)
+    )
+    masks = np.lib.format.open_memmap(paths["masks"], mode="w+", dtype=np.float64, shape=(n, PATCH_SIZE, PATCH_SIZE, 6))
     for index in range(n):
         images[index], masks[index] = fake_patch(fold, index)
     images.flush()

@@ -29,8 +29,6 @@ from typing import ClassVar
 
 import datasets
 
-from ..images import NATIVE_SIZE  # noqa: F401  (the patch side, for export)
-
 
 class Format:
     """The interface every format implements; the defaults suit a format with patch files only."""

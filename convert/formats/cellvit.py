@@ -27,13 +27,13 @@ from typing import ClassVar
 import numpy as np
 
 import pannuke_imagemask as pim
+from pannuke_imagemask import PATCH_SIZE
 
 from ..common import nuclei_per_class
 from ..files import Checked, Png, Text
-from ..images import NATIVE_SIZE, decode, png_lengths
+from ..images import decode, png_lengths
 from . import Format
 
-SIDE = NATIVE_SIZE
 FOLD_OF_SPLIT = {"train": 0, "validation": 1, "test": 2, "fold1": 0, "fold2": 1, "fold3": 2}
 # CellViT's names, written out as its configs/datasets/PanNuke files spell them.
 NUCLEI_TYPES = ["Background", "Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial"]
@@ -43,7 +43,7 @@ YAML_BOUND = 4096
 # --- the label file -------------------------------------------------------------------------------------
 # The .npy header of a 0-d object array, as np.save writes it (format 1.0, padded to 128 bytes).
 NPY_HEADER = b"\x93NUMPY\x01\x00v\x00" + b"{'descr': '|O', 'fortran_order': False, 'shape': (), }".ljust(117) + b"\n"
-ARRAY_BYTES = SIDE * SIDE * 4
+ARRAY_BYTES = PATCH_SIZE * PATCH_SIZE * 4
 
 
 def _put(n):
@@ -72,7 +72,7 @@ def _array_head(key, first):
     base = 14 if first else 26
     head = _text(key) + _put(base) + _get(0) + _get(1) + _int1(0) + pickle.TUPLE1 + _put(base + 1)
     head += _get(3) + pickle.TUPLE3 + _put(base + 2) + pickle.REDUCE + _put(base + 3) + pickle.MARK + _int1(1)
-    head += (pickle.BININT2 + struct.pack("<H", SIDE)) * 2 + pickle.TUPLE2 + _put(base + 4)
+    head += (pickle.BININT2 + struct.pack("<H", PATCH_SIZE)) * 2 + pickle.TUPLE2 + _put(base + 4)
     if first:
         head += _get(6) + _text("i4") + _put(19) + pickle.NEWFALSE + pickle.NEWTRUE + pickle.TUPLE3 + _put(20)
         head += pickle.REDUCE + _put(21) + pickle.MARK + _int1(3) + _text("<") + _put(22) + pickle.NONE * 3
@@ -128,8 +128,12 @@ def read_label(data):
         and data[_MIDDLE_AT : _MIDDLE_AT + len(LABEL_MIDDLE)] == LABEL_MIDDLE
         and data[_SUFFIX_AT:] == LABEL_SUFFIX
     ):
-        inst_map = np.frombuffer(data, "<i4", SIDE * SIDE, len(LABEL_PREFIX)).reshape(SIDE, SIDE)
-        type_map = np.frombuffer(data, "<i4", SIDE * SIDE, _MIDDLE_AT + len(LABEL_MIDDLE)).reshape(SIDE, SIDE)
+        inst_map = np.frombuffer(data, "<i4", PATCH_SIZE * PATCH_SIZE, len(LABEL_PREFIX)).reshape(
+            PATCH_SIZE, PATCH_SIZE
+        )
+        type_map = np.frombuffer(data, "<i4", PATCH_SIZE * PATCH_SIZE, _MIDDLE_AT + len(LABEL_MIDDLE)).reshape(
+            PATCH_SIZE, PATCH_SIZE
+        )
         return inst_map, type_map
     if len(data) < LABEL_BYTES and data[: len(LABEL_PREFIX)] == LABEL_PREFIX[: len(data)]:
         raise ValueError(f"truncated: {len(data)} bytes, a label file has {LABEL_BYTES}")
@@ -217,7 +221,7 @@ def label_problems(instance, semantic):
         for key, actual, expected in (("inst_map", inst_map, instance), ("type_map", type_map, semantic)):
             wrong = int((actual != expected).sum())
             if wrong:
-                problems.append(f"{key}: {wrong} of {SIDE * SIDE} values differ")
+                problems.append(f"{key}: {wrong} of {PATCH_SIZE * PATCH_SIZE} values differ")
         return problems
 
     return check

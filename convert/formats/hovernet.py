@@ -9,10 +9,10 @@ import numpy as np
 import pannuke_imagemask as pim
 
 from ..files import Json, Npy
-from ..images import NATIVE_SIZE, decode, npy_bytes
+from ..images import decode, npy_bytes
 from . import Format
 
-SHAPE = (NATIVE_SIZE, NATIVE_SIZE, 5)
+SHAPE = (pim.PATCH_SIZE, pim.PATCH_SIZE, 5)
 DTYPE = np.int32
 # HoVer-Net's type_info.json: "type id": [name, [R, G, B]], the colours of the colour masks.
 TYPE_INFO = {

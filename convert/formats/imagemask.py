@@ -20,7 +20,7 @@ import numpy as np
 import pannuke_imagemask as pim
 
 from ..files import Lines, Png, image_file
-from ..images import NATIVE_SIZE, decode, image_size_bounds, png_bound, png_lengths, resize_mask
+from ..images import decode, image_size_bounds, png_bound, png_lengths, resize_mask
 from . import Format, summary_row
 
 MASK_STYLES = ("color", "semantic", "binary", "instance")
@@ -50,7 +50,7 @@ def render_mask(semantic, instance, style):
 
 def mask_png(row, style, size):
     """The mask file of one builder row (images not decoded): the builder's instance PNG when nothing changes."""
-    if size == NATIVE_SIZE and style == "instance":
+    if size == pim.PATCH_SIZE and style == "instance":
         return row["instance_mask"]["bytes"]
     semantic = decode(row["semantic_mask"]["bytes"])
     instance = decode(row["instance_mask"]["bytes"]) if style == "instance" else None
@@ -86,7 +86,7 @@ class ImageMask(Format):
         sizes = []
         for dataset in dataset_dict.values():
             sizes += image_size_bounds(dataset, options["image_format"], size)
-            if size == NATIVE_SIZE and style == "instance":
+            if size == pim.PATCH_SIZE and style == "instance":
                 sizes += png_lengths(dataset, "instance_mask")
             else:
                 shape = {"color": (3, 1), "semantic": (1, 1), "binary": (1, 1), "instance": (1, 2)}[style]

@@ -19,7 +19,7 @@ import re
 import pannuke_imagemask as pim
 
 from ..files import Json, Png
-from ..images import NATIVE_SIZE, decode, png_bound, png_lengths
+from ..images import decode, png_bound, png_lengths
 from . import FOLD_PROTOCOL, Format
 
 FILE_ENDING = ".png"
@@ -82,7 +82,7 @@ class NnUNet(Format):
         sizes = []
         for dataset in dataset_dict.values():
             sizes += png_lengths(dataset, "image")  # copied as they are
-            sizes += [png_bound(NATIVE_SIZE, NATIVE_SIZE)] * dataset.num_rows
+            sizes += [png_bound(pim.PATCH_SIZE, pim.PATCH_SIZE)] * dataset.num_rows
         rows = sum(ds.num_rows for ds in dataset_dict.values())
         # splits_final.json names an id at most three times (the folds protocol); dataset.json is small.
         return sizes + [3 * SPLIT_ID_BYTES * rows + 4096, 4096]

@@ -15,7 +15,7 @@ import numpy as np
 import pannuke_imagemask as pim
 
 from ..files import Npy, Row, Text
-from ..images import NATIVE_SIZE, decode, npy_bytes
+from ..images import decode, npy_bytes
 from . import Format
 
 
@@ -55,7 +55,7 @@ class PanNuke(Format):
         sizes = []
         for dataset in dataset_dict.values():
             n = dataset.num_rows
-            side = NATIVE_SIZE
+            side = pim.PATCH_SIZE
             sizes += [npy_bytes((n, side, side, 3), np.float64), npy_bytes((n, side, side, 6), np.float64)]
             sizes += [npy_bytes((n,), "<U13"), 16 * n]
         return sizes
