@@ -56,11 +56,14 @@ def progress_bar(total, desc, quiet=False):
     return tqdm(total=total, unit="patch", desc=desc, disable=True if quiet else None)
 
 
-def add_source_arguments(parser, several_configs=False, download=True, work="building and writing"):
+def add_source_arguments(
+    parser, several_configs=False, download=True, work="building and writing", config_default="part1"
+):
     """--data-dir | --sample, the config and split options, --num-proc, --cache-dir, --quiet.
 
     download: whether no source means the official download (else one of the two is required); work: what
-    the processes of --num-proc do in this command.
+    the processes of --num-proc do in this command; config_default: the --config default, shown as is
+    (a text such as "part1; folds with --protocol" leaves the option None, for the command to decide).
     """
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -82,7 +85,13 @@ def add_source_arguments(parser, several_configs=False, download=True, work="bui
             help=f"which configs: one or more of {', '.join(CONFIGS)}, in one --config or several (default: part1)",
         )
     else:
-        parser.add_argument("--config", choices=CONFIGS, default="part1", help="which folds and which splits")
+        parser.add_argument(
+            "--config",
+            choices=CONFIGS,
+            default=config_default if config_default in CONFIGS else None,
+            help="which folds and which splits"
+            + ("" if config_default in CONFIGS else f" (default: {config_default})"),
+        )
     parser.add_argument("--split-seed", type=int, default=pim.DEFAULT_SPLIT_SEED, help="seed of the keyed-hash split")
     parser.add_argument(
         "--split-ratios",

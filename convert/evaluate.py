@@ -405,11 +405,8 @@ def _get_parser():
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
-    add_source_arguments(parser, download=False, work="scoring")  # scoring reads the folds on disk
-    # No default in the parser: --protocol implies folds, anything else part1.
-    config = parser._option_string_actions["--config"]
-    config.help = "which folds and which splits (default: part1; folds with --protocol)"
-    parser.set_defaults(config=None)
+    # Scoring reads the folds on disk; no --config default in the parser: --protocol implies folds, else part1.
+    add_source_arguments(parser, download=False, work="scoring", config_default="part1; folds with --protocol")
     return parser
 
 

@@ -588,6 +588,7 @@ def test_damaged_hovernet_mat(fold, tmp_path):
         ),
         ({"inst_type": None}, "no inst_type, but other files of the folder have one"),
         ({"inst_uid": -good["inst_uid"]}, f"inst_uid has negative values (min {-good['inst_uid'].max()})"),
+        ({"inst_map": good["inst_map"] + 1j}, "inst_map has dtype complex128, expected integers"),
     ]
     for change, message in cases:
         scipy.io.savemat(path, {k: v for k, v in {**good, **change}.items() if v is not None})

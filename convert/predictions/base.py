@@ -162,6 +162,8 @@ def check_ids(values, where, what="prediction", channels=None):
     With channels, only the first that many channels (last axis) are checked; the others may hold anything.
     """
     values = np.asarray(values)
+    if values.dtype.kind not in "biuf":  # a MATLAB struct or cell, complex numbers, strings: not ids
+        raise PredictionError(f"{where}: {what} has dtype {values.dtype}, expected integers")
     # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
     if values.dtype.kind == "f":
         with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
