@@ -108,11 +108,10 @@ def _on_a_terminal(args, cwd):
     return b"".join(chunks).decode(errors="replace")
 
 
-def test_quiet_means_no_progress_bar_even_on_a_terminal(kaggle_part1, tmp_path):
+def test_quiet_means_no_progress_bar_even_on_a_terminal(kaggle_part1, cache, tmp_path):
     import os
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cache = str(tmp_path / "cache")
     source = ["--data-dir", kaggle_part1, "--cache-dir", cache]
     loud = _on_a_terminal(["export", "--out", str(tmp_path / "a"), *source], repo)
     assert "Exporting" in loud
