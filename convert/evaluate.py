@@ -453,10 +453,9 @@ def _check_output(path, option):
         raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
 
 
-def open_split(args, config, split, pred):
+def open_split(args, config, data_dir, split, pred):
     """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
     folds = pim.split_folds(config, split)
-    data_dir = resolve_source(args, folds, required=True)
     ratios = tuple(args.split_ratios)
     if not config.split_by_fold:
         pim.check_split_ratios(ratios)
@@ -568,9 +567,12 @@ def protocol_lines(summary, results):
 
 def run_protocol(args, config):
     """Score the three splits' test folds, then print and write each split's result, their mean and std."""
+    tests = {k: FOLD_PROTOCOL[k][2] for k in args.protocol}  # each split's test fold
+    folds = sorted({fold for split in tests.values() for fold in pim.split_folds(config, split)})
+    data_dir = resolve_source(args, folds, required=True)  # once: the sample's warning is said once
     opened = {}
     for k, pred in args.protocol.items():  # every prediction checked before any patch is scored
-        opened[k] = open_split(args, config, FOLD_PROTOCOL[k][2], pred)
+        opened[k] = open_split(args, config, data_dir, tests[k], pred)
     runs = {k: score_split(args, config, split) for k, split in opened.items()}
     results = {f"split{k}": run["result"] for k, run in runs.items()}
     summary = protocol_summary(list(results.values()))
@@ -598,7 +600,8 @@ def evaluate(args, config):
         raise ValueError(f"{args.json}: --json and --per-patch name the same file")
     if args.protocol:
         return run_protocol(args, config)
-    run = score_split(args, config, open_split(args, config, args.split, args.pred))
+    data_dir = resolve_source(args, pim.split_folds(config, args.split), required=True)
+    run = score_split(args, config, open_split(args, config, data_dir, args.split, args.pred))
     print("\n".join(report_lines(run["result"])))
     reports = [(args.json, _json_report(run["result"]))] if args.json else []
     if args.per_patch:

@@ -676,3 +676,22 @@ def test_a_cellpose_prediction_scores_bpq_and_detection_and_leaves_the_classes_n
     assert all(r[4:10] == [""] * 6 for r in rows[1:])  # class PQs and mPQ: empty cells, not 0
     out = capsys.readouterr().out
     assert "mPQ  n/a" in out and "type accuracy  n/a" in out and f"{'dead':<14} {'n/a':>8} {'n/a':>8}" in out
+
+
+def test_the_protocol_on_the_sample_says_once_that_it_is_fake(cache, tmp_path, caplog):
+    from convert.common import sample_dir
+
+    root = sample_dir((1, 3), cache)
+    paths = {}
+    for fold in (1, 3):
+        _, masks, _ = raw_fold(root, fold)
+        paths[fold] = tmp_path / f"fold{fold}.npy"
+        np.save(paths[fold], np.asarray(masks[..., :5]))
+    argv = ["evaluate", "--sample", "--cache-dir", cache, "--json", str(tmp_path / "p.json"), "--protocol"]
+    argv += [f"split1={paths[3]}", f"split2={paths[3]}", f"split3={paths[1]}"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 0
+    assert caplog.messages.count("using the built-in sample: FAKE patches, not PanNuke data") == 1
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert [report["splits"][s]["split"] for s in ("split1", "split2", "split3")] == ["fold3", "fold3", "fold1"]
+    assert report["splits"]["split1"]["source"] == {"data_dir": None, "sample": True}
