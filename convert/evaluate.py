@@ -22,14 +22,12 @@ from .common import add_source_arguments, command_parser, config_named, progress
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .pool import WORKER, opened, run_tasks
-from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
+from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, MAX_PRED_ID, open_prediction
 
 logger = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5  # a pair matches when its IoU is strictly above this: such pairs are unique
 SQ_EPSILON = 1.0e-6  # the official script's SQ denominator is TP + 1e-6, so a perfect score is 0.999999...
-NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
-MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
 KEY_SPAN = MAX_PRED_ID + 1  # (channel, id) keys: channel * KEY_SPAN + id
 DENSE_KEYS, DENSE_KEYS_PER_PIXEL = 1 << 16, 8  # below this many (channel, id) keys, number them densely
 DENSE_PAIRS = 1 << 22  # above this many (true, pred) id pairs, count overlaps sparsely instead of densely
