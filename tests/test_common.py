@@ -131,3 +131,45 @@ def test_a_changed_sample_has_a_new_version():
         for array in fake_patch(1, index):
             digest.update(np.ascontiguousarray(array).tobytes())
     assert (SAMPLE_VERSION, digest.hexdigest()) == SAMPLE_DIGEST
+
+
+def test_the_program_imports_its_command_frozen_and_main_alone_leaves_the_collector(tmp_path):
+    import subprocess
+    import sys
+
+    # What run() hands to main(): the command already imported, its objects frozen, the collector on.
+    env = _repo_env()
+    script = (
+        "import gc, sys\n"
+        "import convert.__main__ as entry\n"
+        "def main(argv):\n"
+        "    print(sorted(argv), 'convert.infos' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 10000)\n"
+        "    return 3\n"
+        "entry.main = main\n"
+        "sys.argv = ['pannuke-imagemask', 'infos', '--help']\n"
+        "entry.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "['--help', 'infos'] True True True\n", "")
+    # An unknown command is main()'s to refuse: run() imports nothing and freezes nothing for it.
+    script = script.replace("'infos', '--help'", "'nosuch'").replace("'convert.infos'", "'convert.nosuch'")
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert (done.returncode, done.stdout) == (3, "['nosuch'] False True False\n")
+    # In-process callers of main() keep the collector exactly as it was.
+    import gc
+
+    before = gc.get_freeze_count()
+    with pytest.raises(SystemExit):
+        main(["infos", "--help"])
+    assert gc.isenabled() and gc.get_freeze_count() == before
+
+
+def _repo_env():
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))

@@ -604,3 +604,75 @@ def test_damaged_hovernet_mat(fold, tmp_path):
     scipy.io.savemat(path, good)
     scipy.io.savemat(tmp_path / "fold1_99999.mat", good)
     error(tmp_path, f"{tmp_path}: 1 prediction(s) not in the split, the first fold1_99999.mat")
+
+
+def _counts_by_hand(counts, pixels):
+    """Whether COCO compressed counts are runs covering pixels: the characters read one at a time, as
+    pycocotools' rleFrString reads them (5 bits each, 0x20 continues, 0x10 of the last one negative, each run
+    from the fourth on a difference to the one two before)."""
+    runs, value, shift = [], 0, 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code <= 63:
+            return False
+        value, shift = value | (code & 0x1F) << shift, shift + 5
+        if not code & 0x20:
+            value -= (1 << shift) if code & 0x10 else 0
+            runs.append(value + (runs[-2] if len(runs) > 2 else 0))
+            value, shift = 0, 0
+    return shift == 0 and min(runs, default=0) >= 0 and sum(runs) == pixels
+
+
+def _compressed(runs):
+    """Runs as COCO compressed counts, written as pycocotools' rleToString writes them."""
+    text = ""
+    for i, value in enumerate(runs):
+        value -= runs[i - 2] if i > 2 else 0
+        while True:
+            code, value = value & 0x1F, value >> 5
+            more = value != -1 if code & 0x10 else value != 0
+            text += chr(48 + (code | 0x20 if more else code))
+            if not more:
+                break
+    return text
+
+
+def test_compressed_counts_are_checked_for_a_whole_file_exactly_as_one_at_a_time(monkeypatch):
+    from convert.predictions import coco
+
+    rng = np.random.default_rng(7)
+    strings = []
+    for size in (1, 2, 5, 64, 256):  # pycocotools' own encodings of masks sparse, dense and empty
+        for density in (0.0, 0.02, 0.5, 1.0):
+            mask = np.asfortranarray(rng.random((size, size, 3)) < density, dtype=np.uint8)
+            strings += [(rle["counts"].decode(), size * size) for rle in mask_utils.encode(mask)]
+    damaged = []
+    for counts, pixels in strings[::3]:
+        k = int(rng.integers(len(counts)))
+        damaged += [
+            (counts[:k], pixels),  # cut short (or empty)
+            (counts + "1", pixels),  # a run past the end
+            (counts[:k] + chr(int(rng.integers(48, 112))) + counts[k + 1 :], pixels),  # one character changed
+            (counts[:k] + "\u00e9" + counts[k:], pixels),  # outside '0'..'o'
+            (counts + "a", pixels),  # ends in a continuation
+            (counts, pixels + 1),  # another mask's size
+        ]
+    # Runs of more than LONG_RUN characters, positive and negative: read one by one.
+    damaged += [("a" * 9 + "0", 0), ("o" * 12 + "0", 0), ("Q0", 1), ("0" * 3, 0), ("", 0), ("1", 1)]
+    # A negative run in runs that add up to the mask's size; large runs; the same with the differences.
+    damaged += [
+        (_compressed(runs), sum(runs)) for runs in ([3, -1, 2], [5, 0, 0, -2, 1], [2, 0, 2], [1 << 30, 1 << 29])
+    ]
+    cases = strings + damaged
+    expected = [_counts_by_hand(counts, pixels) for counts, pixels in cases]
+    assert all(expected[: len(strings)]) and sum(expected) < len(cases) - len(damaged) // 2
+    by_pixels = {}
+    for k, (counts, pixels) in enumerate(cases):
+        by_pixels.setdefault(pixels, []).append(k)
+    for bounds in ((coco.LONG_COUNTS, coco.LONG_RUN), (40, 2)):  # the vectorised path, then most strings slow
+        monkeypatch.setattr(coco, "LONG_COUNTS", bounds[0])
+        monkeypatch.setattr(coco, "LONG_RUN", bounds[1])
+        for pixels, ks in by_pixels.items():
+            got = coco.counts_cover([cases[k][0] for k in ks], pixels)
+            assert got.tolist() == [expected[k] for k in ks], pixels
+    assert coco.counts_cover([], 65536).tolist() == []
