@@ -58,7 +58,7 @@ class Prediction:
 def empty_prediction(size):
     """A patch without any predicted nucleus."""
     return PatchPrediction(
-        np.zeros((*size, pim.NUM_CLASS_CHANNELS), dtype=np.int32), np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+        np.zeros((*size, pim.NUM_CLASS_CHANNELS), dtype=np.int64), np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
     )
 
 
@@ -116,8 +116,7 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
     n = int(number_of[-1]) if len(ids) else 0
     number_type = np.zeros(n + 1, dtype=np.int64)
     number_type[number_of[present]] = types[order][present]
-    # Numbers are at most the pixels: int32 halves what the scorer reads after (ids are checked up to int32's max).
-    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int32)
+    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
     pixel_type = number_type[numbers]
     kept = pixel_type != 0
     channels[nonzero[kept], pixel_type[kept] - 1] = numbers[kept]
