@@ -46,6 +46,7 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
+from convert.evaluate import SCORE_COLUMNS
 from convert.sample import fold_paths, write_fold
 
 # Runs the official run.py as its own __main__, with docopt's one call answered from our argv.
@@ -344,7 +345,7 @@ def main(argv=None):
         r[f"evaluate_{num_proc}"] = run_cli(command(data_dir, pred_path, num_proc, "--per-patch", per_patch))
     with open(per_patch, newline="") as f:
         rows = list(csv.reader(f))[1 : k + 1]
-    fast = np.array([[float(v) if v else np.nan for v in row[4:]] for row in rows])
+    fast = np.array([[float(v) if v else np.nan for v in row[4 : 4 + len(SCORE_COLUMNS)]] for row in rows])
     oracle = np.array(r["oracle"].pop("scores"))
     r["max_difference_to_oracle"] = float(np.nanmax(np.abs(fast - oracle), initial=0.0))
     if not np.array_equal(np.isnan(fast), np.isnan(oracle)) or r["max_difference_to_oracle"] > 1e-12:

@@ -39,7 +39,15 @@ PROTOCOL_DETECTION = ("f1", "precision", "recall", "type_accuracy")  # the F1 nu
 PROTOCOL_STD_DDOF = 0  # the population standard deviation over the three splits (np.std's default)
 
 SCORE_COLUMNS = [f"pq_{name}" for name in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
-PER_PATCH_COLUMNS = ["id", "fold", "index", "tissue", *SCORE_COLUMNS]
+# A patch's detection counts in the per-patch CSV: HoVer-Net's TP (pairs), FP, FN and pairs of the same type,
+# whose sums over the split give the F1 (a side without nuclei counts HoVer-Net's dummy point).
+DETECTION_COLUMNS = {
+    "det_tp": "pairs",
+    "det_fp": "unpaired_pred",
+    "det_fn": "unpaired_true",
+    "det_same_type": "same_type",
+}
+PER_PATCH_COLUMNS = ["id", "fold", "index", "tissue", *SCORE_COLUMNS, *DETECTION_COLUMNS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +330,12 @@ def _per_patch_report(runs):
         labelled = runs[0][0] is not None
         writer.writerow((["split"] if labelled else []) + PER_PATCH_COLUMNS)
         for label, run in runs:
-            for (fold, index), tissue, row in zip(run["rows"], run["tissues"], run["scores"]):
-                cells = [pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row)]
+            found = run["counts"][:, [detection.COUNT_COLUMNS.index(c) for c in DETECTION_COLUMNS.values()]]
+            if not run["result"]["pred"]["classified"]:
+                found = found.astype(object)
+                found[:, list(DETECTION_COLUMNS).index("det_same_type")] = ""  # no types: not available
+            for (fold, index), tissue, row, counts in zip(run["rows"], run["tissues"], run["scores"], found):
+                cells = [pim.patch_id(fold, index), fold, index, tissue, *map(_cell, row), *counts.tolist()]
                 writer.writerow(([label] if labelled else []) + cells)
 
     return write
@@ -480,7 +492,8 @@ def open_split(args, config, data_dir, split, pred):
 
 
 def score_split(args, config, opened):
-    """The result of an opened split (as --json holds it), with its per-patch scores as run["scores"]."""
+    """The result of an opened split (as --json holds it), with its per-patch scores and F1 counts as
+    run["scores"] and run["counts"]."""
     prediction = opened["prediction"]
     for note in prediction.notes:
         logger.warning("%s: %s", prediction.path, note)
@@ -501,7 +514,7 @@ def score_split(args, config, opened):
         "pred": pred,
         "version": __version__,
     }
-    return {"result": result, "rows": opened["rows"], "tissues": opened["tissues"], "scores": scores}
+    return {"result": result, "rows": opened["rows"], "tissues": opened["tissues"], "scores": scores, "counts": counts}
 
 
 def _across(results, reduce):

@@ -99,4 +99,5 @@ def type_stats(patches, radius=12):
         "recall": ratio(tp, tp + fn),
         "type_accuracy": ratio(int((paired_true == paired_pred).sum()), len(paired_true)),
         "f1_per_type": f1_per_type,
+        "counts": [tp, fp, fn, int((paired_true == paired_pred).sum())],  # TP, FP, FN, pairs of the same type
     }

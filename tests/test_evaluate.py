@@ -266,12 +266,24 @@ def test_the_command_equals_the_oracle_per_patch_per_class_per_tissue_and_overal
 ):
     result, rows = _run(three_folds, fold1_prediction["path"], tmp_path)
     scores, summary = oracle_fold1
-    assert rows[0] == ["id", "fold", "index", "tissue"] + [f"pq_{n}" for n in pim.NUCLEUS_CLASSES] + ["mPQ", "bPQ"]
+    detection_columns = ["det_tp", "det_fp", "det_fn", "det_same_type"]
+    assert rows[0] == (
+        ["id", "fold", "index", "tissue"]
+        + [f"pq_{n}" for n in pim.NUCLEUS_CLASSES]
+        + ["mPQ", "bPQ"]
+        + detection_columns
+    )
     assert [r[:4] for r in rows[1:]] == [
         [pim.patch_id(1, i), "1", str(i), t] for i, t in enumerate(fold1_prediction["tissues"])
     ]
-    close([[float(v) if v else np.nan for v in r[4:]] for r in rows[1:]], scores)
-    assert rows[1 + 1][4:] == [""] * 7  # the void patch has no nucleus
+    close([[float(v) if v else np.nan for v in r[4:11]] for r in rows[1:]], scores)
+    assert rows[1 + 1][4:11] == [""] * 7  # the void patch has no nucleus
+    # Each patch's HoVer-Net counts, from the oracle run on that patch alone; their sums give the F1.
+    masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
+    per_patch = [f1_expected(masks[i : i + 1], preds[i : i + 1])["counts"] for i in range(len(masks))]
+    assert [[int(v) for v in r[11:]] for r in rows[1:]] == per_patch
+    assert np.sum(per_patch, axis=0).tolist() == f1_fold1["counts"]
+    assert per_patch[1][0] == 0 and per_patch[1][2] == 1  # the void patch: HoVer-Net's dummy true point, unpaired
     for key in ("mPQ", "bPQ"):
         close(result[key], summary[key])
     for name in pim.NUCLEUS_CLASSES:
@@ -674,6 +686,9 @@ def test_a_cellpose_prediction_scores_bpq_and_detection_and_leaves_the_classes_n
     # Detection ignores types: the same as the classified prediction's.
     assert result["detection"]["f1"] == f1_expected(masks, preds)["f1"]
     assert all(r[4:10] == [""] * 6 for r in rows[1:])  # class PQs and mPQ: empty cells, not 0
+    # Per patch: detection counts as the classified prediction's, pairs of the same type not available.
+    per_patch = [f1_expected(masks[i : i + 1], preds[i : i + 1])["counts"] for i in range(len(masks))]
+    assert [r[11:] for r in rows[1:]] == [[str(tp), str(fp), str(fn), ""] for tp, fp, fn, _ in per_patch]
     out = capsys.readouterr().out
     assert "mPQ  n/a" in out and "type accuracy  n/a" in out and f"{'dead':<14} {'n/a':>8} {'n/a':>8}" in out
 

@@ -213,11 +213,11 @@ def open_layout(path, patches, size, *, min_score, max_overlap, **options):
         if position is None:
             raise PredictionError(f"{where}: image_id {image_id!r} is not a patch of the split")
         prediction.results[position].append((k, category, score, segmentation))
-    compressed = [(k, entry["segmentation"]["counts"]) for k, entry in enumerate(data)]
-    compressed = [(k, counts) for k, counts in compressed if isinstance(counts, str)]
-    covered = counts_cover([counts for _, counts in compressed], prediction.size[0] * prediction.size[1])
-    for (k, _), good in zip(compressed, covered):
-        if not good:
-            height, width = prediction.size
-            raise PredictionError(f"{path}: [{k}]: segmentation counts are not an RLE mask of {height}x{width}")
+    # Compressed counts are checked all at once (uncompressed ones were, in check_entry).
+    compressed = [k for k, entry in enumerate(data) if isinstance(entry["segmentation"]["counts"], str)]
+    height, width = prediction.size
+    covered = counts_cover([data[k]["segmentation"]["counts"] for k in compressed], height * width)
+    damaged = [k for k, good in zip(compressed, covered) if not good]
+    if damaged:
+        raise PredictionError(f"{path}: [{damaged[0]}]: segmentation counts are not an RLE mask of {height}x{width}")
     return prediction
