@@ -56,23 +56,13 @@ def _rle(segmentation):
     return {"size": [height, width], "counts": segmentation["counts"].encode("ascii", errors="replace")}
 
 
-def check_counts(segmentation, where):
-    """Raise naming where unless the compressed counts are runs that cover the mask exactly."""
-    height, width = segmentation["size"]
-    if isinstance(segmentation["counts"], list):  # checked when opened
-        return
-    runs = rle_counts(segmentation["counts"])
-    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
-        raise PredictionError(f"{where}: segmentation counts are not an RLE mask of {height}x{width}")
-
-
 def _segment_sums(values, starts, ufunc=np.add):
     return ufunc.reduceat(values, starts) if len(values) else np.zeros(0, dtype=values.dtype)
 
 
 def counts_cover(strings, pixels):
-    """Whether each compressed counts string is runs, none negative, that cover exactly pixels: what
-    check_counts asks of one string, for a whole file at once in numpy (pycocotools decodes runs that stop
+    """Whether each compressed counts string is runs, none negative, that cover exactly pixels: the
+    runs rle_counts reads, checked for a whole file at once in numpy (pycocotools decodes runs that stop
     short without a word, and re-encoding every mask to find them costs more than decoding them).
 
     Strings of more than LONG_COUNTS characters, or with a run of more than LONG_RUN characters, are
@@ -128,10 +118,8 @@ def decode_pieces(segmentations, wheres):
     rles = [_rle(segmentation) for segmentation in segmentations]
     try:
         masks = mask_utils.decode(rles)  # (H, W, N) uint8
-    except ValueError:
-        for segmentation, where in zip(segmentations, wheres):
-            check_counts(segmentation, where)
-        raise PredictionError(f"{wheres[0]}: pycocotools cannot decode the segmentations") from None  # not reached
+    except ValueError:  # not reached: every counts was checked when the file was opened
+        raise PredictionError(f"{wheres[0]}: pycocotools cannot decode the segmentations") from None
     boxes = mask_utils.toBbox(rles).astype(np.int64)  # [x, y, w, h] of each mask's pixels
     return [(y, x, masks[y : y + h, x : x + w, k].astype(bool)) for k, (x, y, w, h) in enumerate(boxes.tolist())]
 
