@@ -5,11 +5,11 @@ compute_stats.py's; with --metrics, DQ/SQ, HoVer-Net's instance statistics (Dice
 dataset values, CoNIC's mPQ+ and R², and the pixel and per-nucleus numbers of the foundation-model
 benchmarks, each as its reference computes it (docs/evaluate.md). --bootstrap gives 95% intervals, --compare
 a paired comparison with a second prediction.
-
-This module is the command: arguments, opening the split, printing and writing. The metrics are in
-convert.panoptic, convert.instance, convert.detection (and their reductions in convert.metrics); the
-scoring loop in convert.scoring; what is written in convert.results.
 """
+
+# This module is the command: arguments, opening the split, printing and writing. The metrics are in
+# convert.panoptic, convert.instance, convert.detection, convert.pixel, convert.cells (their reductions in
+# convert.metrics); the scoring loop in convert.scoring; what is written in convert.results.
 
 import logging
 import math
@@ -86,7 +86,7 @@ def _get_parser():
         default=0,
         metavar="N",
         help="95%% percentile intervals of every number from N bootstrap replicates of the patches, resampled "
-        "within each tissue (default 0: none; 1000 with --compare)",
+        "within each tissue (default: 0, none; 1000 with --compare)",
     )
     parser.add_argument(
         "--seed", type=int, default=metrics.DEFAULT_SEED, help="the seed of --bootstrap and --compare's resampling"
@@ -120,6 +120,12 @@ def _check_args(parser, args):
     """Usage errors (exit 2): a source is required, and the split must exist in the config."""
     if not args.data_dir and not args.sample:
         parser.error("one of --data-dir or --sample is required")
+    try:
+        args.families = metrics.selected(args.metrics)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be a number of replicates (0 for none), got {args.bootstrap}")
     if args.protocol:
         if args.pred or args.split:
             parser.error("--protocol names the three splits' predictions itself: not with --pred or --split")
@@ -304,9 +310,7 @@ def run_split(args, config, families):
 def evaluate(args, config):
     if not (math.isfinite(args.f1_radius) and args.f1_radius >= 0):
         raise ValueError(f"--f1-radius must be a non-negative number of pixels, got {args.f1_radius:g}")
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be a number of replicates (0 for none), got {args.bootstrap}")
-    families = metrics.selected(args.metrics)
+    families = args.families
     _check_output(args.json, "--json")
     _check_output(args.per_patch, "--per-patch")
     if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):
