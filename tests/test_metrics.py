@@ -274,3 +274,20 @@ def test_compare_gives_both_values_the_paired_interval_and_the_permutation_p_val
         extreme += abs(a_value - b_value) >= observed - 1e-12
     assert row["p_value"] == (1 + extreme) / (1 + 40)
     assert result["comparison"]["test"] == "paired permutation, two-sided"
+
+
+def test_the_commands_pixel_numbers_equal_sklearn_on_the_splits_pooled_pixels(fold1, all_a):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, jaccard_score
+
+    truth = np.concatenate([semantic.ravel() for semantic, _, _ in fold1["truth"]])
+    pred = np.concatenate([pred_maps(p)[1].ravel() for p in fold1["preds"]["a"]])
+    thunder, pfm = all_a["metrics"]["thunder"], all_a["metrics"]["pfm_densebench"]
+    close(thunder["accuracy"], accuracy_score(truth, pred))
+    close(thunder["balanced_accuracy"], balanced_accuracy_score(truth, pred))
+    close(thunder["f1_macro"], f1_score(truth, pred, average="macro"))
+    close(thunder["jaccard_macro"], jaccard_score(truth, pred, average="macro"))
+    close(pfm["miou"], jaccard_score(truth, pred, average="macro"))
+    per_class = jaccard_score(truth, pred, average=None, labels=range(6))
+    for c, name in enumerate(["background", *pim.NUCLEUS_CLASSES]):
+        close(pfm[f"iou_{name}"], per_class[c])
+    assert 0.5 < thunder["accuracy"] < 1 and 0 < all_a["metrics"]["pathocellbench"]["f1_macro"] < 1
