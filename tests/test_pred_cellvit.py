@@ -39,7 +39,10 @@ def cells_json(instance, nuclei, shift=0, type_map=PANNUKE_MAP, type_of=lambda n
         centroid = np.rint(centroid).tolist()  # pip cellvit rounds, stored as floats
         cells.append(
             {
-                "bbox": [[int(rows.min()) + shift, int(cols.min()) + shift], [int(rows.max()) + 1 + shift, int(cols.max()) + 1 + shift]],
+                "bbox": [
+                    [int(rows.min()) + shift, int(cols.min()) + shift],
+                    [int(rows.max()) + 1 + shift, int(cols.max()) + 1 + shift],
+                ],
                 "centroid": [c + shift for c in centroid],
                 "contour": (contour + shift).tolist(),
                 "type": type_of(nucleus),
@@ -111,10 +114,11 @@ def test_repo_layout_with_its_padding_shift_and_the_original_type_map(fold, tmp_
             (tmp_path / f"{patch}_cells.geojson").write_text("[]")
     prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
     moved = sum(1 for p in range(PART1_PATCHES) if p % 3 and kept[p])
-    assert prediction.name == "cellvit" and prediction.notes == [
+    note = (
         f"cellvit: {moved} file(s) in the frame of CellViT's 1024 px patch around a lone tile (+736 px on both "
         "axes, pathopatch pad_tile): moved back"
-    ]
+    )
+    assert prediction.name == "cellvit" and prediction.notes == [note]
     for position, (_, instance, _) in enumerate(fold):
         assert_reads(prediction, position, instance, kept[position], [n["label"] + 1 for n, _, _ in kept[position]])
 
@@ -149,20 +153,27 @@ def test_damaged_cellvit_files_are_one_line(fold, tmp_path, monkeypatch):
         (json.dumps(document)[:40], "not complete JSON (Expecting value: line 1 column 41 (char 40))"),
         (json.dumps({"cells": []}), "no type_map object (not a CellViT cells.json)"),
         (json.dumps({"type_map": PANNUKE_MAP}), 'no "cells" list (not a CellViT cells.json)'),
-        (json.dumps({**document, "cells": [{**document["cells"][0], "type": 7}]}), "cell 0: type 7 is not in the type_map"),
+        (
+            json.dumps({**document, "cells": [{**document["cells"][0], "type": 7}]}),
+            "cell 0: type 7 is not in the type_map",
+        ),
         (json.dumps({**document, "cells": [{"contour": [[1, 1]]}]}), "cell 0: no contour, centroid or type"),
         (
             json.dumps(moved),
             "coordinates x {}..{}, y {}..{} leave the 256x256 patch (and are not CellViT's 736 px padding of a lone tile)",
         ),
     ]
-    points = np.concatenate([np.array(c["contour"]) for c in moved["cells"]] + [np.array([c["centroid"] for c in moved["cells"]])])
+    points = np.concatenate(
+        [np.array(c["contour"]) for c in moved["cells"]] + [np.array([c["centroid"] for c in moved["cells"]])]
+    )
     low, high = points.min(axis=0), points.max(axis=0)
     for text, message in cases:
         path.write_text(text)
         with pytest.raises(ValueError) as info:
             open_prediction(str(tmp_path), "cellvit", PATCHES, SIZE)
-        assert str(info.value) == f"{path}: {message.format(f'{low[0]:g}', f'{high[0]:g}', f'{low[1]:g}', f'{high[1]:g}')}"
+        assert (
+            str(info.value) == f"{path}: {message.format(f'{low[0]:g}', f'{high[0]:g}', f'{low[1]:g}', f'{high[1]:g}')}"
+        )
     path.unlink()
     snappy_path = tmp_path / PATCHES[0][0] / "cells.json.snappy"
     snappy_path.parent.mkdir()

@@ -72,7 +72,9 @@ def _qupath_document(instance, nuclei, position):
     features = []
     for k, nucleus in enumerate(nuclei):
         properties, top = _properties(k + position, nucleus["label"])
-        features.append({"type": "Feature", "geometry": geometry_of(instance == nucleus["id"]), "properties": properties, **top})
+        features.append(
+            {"type": "Feature", "geometry": geometry_of(instance == nucleus["id"]), "properties": properties, **top}
+        )
     if position % 3 == 0:
         return features  # a bare list
     if position % 3 == 1 and len(features) == 1:
@@ -112,7 +114,9 @@ def test_a_cells_nucleus_geometry_is_scored_and_json_files_are_read(fold, tmp_pa
             }
         )
     region = {"type": "Feature", "geometry": features[0]["geometry"], "properties": {"objectType": "annotation"}}
-    (tmp_path / f"{PATCHES[0][0]}.json").write_text(json.dumps({"type": "FeatureCollection", "features": [region, *features]}))
+    (tmp_path / f"{PATCHES[0][0]}.json").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [region, *features]})
+    )
     prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
     assert prediction.name == "geojson"
     assert_reads(prediction, 0, instance, [n["label"] + 1 for n in nuclei])
@@ -127,7 +131,13 @@ def test_instanseg_pieces_are_nuclei_of_their_own_and_the_file_is_class_agnostic
             labels, count = ndimage.label(instance == nucleus["id"])  # rasterio's 4-connected pieces
             for k in range(1, count + 1):
                 pieces.append(labels == k)
-                features.append({"type": "Feature", "geometry": geometry_of(labels == k), "properties": {"object_type": "detection"}})
+                features.append(
+                    {
+                        "type": "Feature",
+                        "geometry": geometry_of(labels == k),
+                        "properties": {"object_type": "detection"},
+                    }
+                )
         (tmp_path / f"{patch}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
         truths[position] = painted(pieces) if pieces else np.zeros(SIZE, dtype=np.int64)
     prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
@@ -166,10 +176,11 @@ def test_cellvit_plus_plus_one_multipolygon_per_class_of_pixel_centre_contours(f
                 )
         (tmp_path / f"{patch}.geojson").write_text(json.dumps(features))
     prediction = open_prediction(str(tmp_path), "geojson", PATCHES, SIZE)
-    assert prediction.classified and prediction.notes == [
+    note = (
         "geojson: whole-pixel vertices with slanted edges, OpenCV contours through pixel centres (CellViT++, "
         "tiatoolbox, HoVer-Net): each polygon filled as cv2.fillPoly fills it"
-    ]
+    )
+    assert prediction.classified and prediction.notes == [note]
     for position, (_, instance, nuclei) in enumerate(fold):
         masks, types = [], []
         for label in range(5):
@@ -184,7 +195,11 @@ def test_cellvit_plus_plus_one_multipolygon_per_class_of_pixel_centre_contours(f
 
 def _named_file(path, instance, nuclei, names):
     features = [
-        {"type": "Feature", "geometry": geometry_of(instance == n["id"]), "properties": {"objectType": "detection", "classification": names[k % len(names)]}}
+        {
+            "type": "Feature",
+            "geometry": geometry_of(instance == n["id"]),
+            "properties": {"objectType": "detection", "classification": names[k % len(names)]},
+        }
         for k, n in enumerate(nuclei)
     ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
@@ -216,19 +231,34 @@ def test_instanseg_cells_beside_nuclei_are_not_scored(fold, tmp_path):
 
 
 def test_damaged_geojson_is_one_line(fold, tmp_path):
-    _, instance, nuclei = fold[0]
+    _, instance, _ = fold[0]
     path = tmp_path / f"{PATCHES[0][0]}.geojson"
     good = {"type": "Feature", "geometry": geometry_of(instance == 1), "properties": {"classification": "Dead"}}
     square = {"type": "Polygon", "coordinates": [[[250, 250], [300, 250], [300, 300], [250, 300], [250, 250]]]}
     cases = [
         (json.dumps([good, good])[:70], "not complete JSON (Expecting value: line 1 column 71 (char 70))"),
-        (json.dumps({"type": "Topology"}), "an object of type 'Topology', expected a GeoJSON FeatureCollection, Feature or list of Features"),
+        (
+            json.dumps({"type": "Topology"}),
+            "an object of type 'Topology', expected a GeoJSON FeatureCollection, Feature or list of Features",
+        ),
         (json.dumps([good, 3]), "feature 1 is not a GeoJSON Feature"),
-        (json.dumps([{**good, "geometry": square}]), "feature 0: vertices at x 250..300, y 250..300 leave the 256x256 patch"),
-        (json.dumps([{**good, "geometry": {"type": "Point", "coordinates": [3, 4]}}]), "feature 0: a Point geometry; evaluate scores areas (Polygon, MultiPolygon)"),
+        (
+            json.dumps([{**good, "geometry": square}]),
+            "feature 0: vertices at x 250..300, y 250..300 leave the 256x256 patch",
+        ),
+        (
+            json.dumps([{**good, "geometry": {"type": "Point", "coordinates": [3, 4]}}]),
+            "feature 0: a Point geometry; evaluate scores areas (Polygon, MultiPolygon)",
+        ),
         (json.dumps([{**good, "geometry": None}]), "feature 0: no geometry"),
-        (json.dumps([{**good, "geometry": {"type": "Polygon", "coordinates": [[[1, "a"], [2, 3]]]}}]), "feature 0: coordinates are not [x, y] number pairs"),
-        (json.dumps([{**good, "properties": {"classification": 7}}]), "feature 0: classification is not a name, {name, color} or {names}"),
+        (
+            json.dumps([{**good, "geometry": {"type": "Polygon", "coordinates": [[[1, "a"], [2, 3]]]}}]),
+            "feature 0: coordinates are not [x, y] number pairs",
+        ),
+        (
+            json.dumps([{**good, "properties": {"classification": 7}}]),
+            "feature 0: classification is not a name, {name, color} or {names}",
+        ),
     ]
     for text, message in cases:
         path.write_text(text)
@@ -245,10 +275,22 @@ def test_evaluate_names_a_damaged_file_in_one_line_and_scores_nothing(fold, tmp_
     path = tmp_path / "pred" / f"{PATCHES[0][0]}.geojson"
     path.write_text('{"type": "FeatureCollection", "features": [')
     out = tmp_path / "r.json"
-    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--data-dir", kaggle_part1, "--cache-dir", cache, "--split", "train"]
+    argv = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--data-dir",
+        kaggle_part1,
+        "--cache-dir",
+        cache,
+        "--split",
+        "train",
+    ]
     assert main([*argv, "--json", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"pannuke-imagemask evaluate: error: {path}: not complete JSON (Expecting value: line 1 column 44 (char 43))"]
+    assert err == [
+        f"pannuke-imagemask evaluate: error: {path}: not complete JSON (Expecting value: line 1 column 44 (char 43))"
+    ]
     assert not out.exists()
     with pytest.raises(SystemExit) as caught:
         main([*argv, "--class-map", "Tumor=neoplastic,Stroma"])

@@ -91,7 +91,7 @@ def test_untyped_hovernet_is_class_agnostic_and_empty_nuc_has_no_nuclei(fold, tm
     got = prediction.read(emptied)
     assert not got.channels.any() and got.centroids.shape == (0, 2)
     _, instance, nuclei = fold[0]
-    truth, types, centroids = reference(instance, hovernet_json(instance, nuclei)[1])
+    truth, _, _ = reference(instance, hovernet_json(instance, nuclei)[1])
     got = prediction.read(0)
     np.testing.assert_array_equal(got.channels[..., 0], truth)
     assert not got.channels[..., 1:].any() and (got.types == 0).all()
@@ -110,12 +110,13 @@ def test_the_mat_beside_the_json_wins_and_says_so(fold, tmp_path):
         )
     for path, pred_format in ((out, None), (out, "hovernet-json"), (out / "json", "hovernet-json")):
         prediction = open_prediction(str(path), pred_format, PATCHES, SIZE)
-        assert prediction.name == "hovernet-mat" and prediction.notes == [
+        note = (
             "hovernet-json: mat/ stands beside json/: its .mat files are scored (exact pixels; the JSON contours "
             "lose holes, second pieces and nuclei of fewer than 3 contour points)"
-        ]
+        )
+        assert prediction.name == "hovernet-mat" and prediction.notes == [note]
         _, instance, nuclei = fold[0]
-        channels, centroids, types = expected(instance, [n["label"] + 1 for n in nuclei])
+        channels, _, types = expected(instance, [n["label"] + 1 for n in nuclei])
         got = prediction.read(0)
         np.testing.assert_array_equal(got.channels, channels)
         np.testing.assert_array_equal(got.types, types)
@@ -133,10 +134,19 @@ def test_damaged_hovernet_json_is_one_line(fold, tmp_path):
         (json.dumps(document)[:50], "not complete JSON (Expecting ',' delimiter: line 1 column 51 (char 50))"),
         (json.dumps({"mag": None}), 'no "nuc" object (not a HoVer-Net JSON)'),
         (json.dumps({"nuc": {"x": first}}), "nucleus x: its id is not a whole number in 1..2147483647"),
-        (json.dumps({"nuc": {key: {**first, "contour": [[250, 250], [260, 250], [260, 255]]}}}), f"nucleus {key}: contour leaves the 256x256 patch"),
-        (json.dumps({"nuc": {key: {**first, "contour": [[1.5, 2], [3, 4], [5, 5]]}}}), f"nucleus {key}: contour points are not whole pixels"),
+        (
+            json.dumps({"nuc": {key: {**first, "contour": [[250, 250], [260, 250], [260, 255]]}}}),
+            f"nucleus {key}: contour leaves the 256x256 patch",
+        ),
+        (
+            json.dumps({"nuc": {key: {**first, "contour": [[1.5, 2], [3, 4], [5, 5]]}}}),
+            f"nucleus {key}: contour points are not whole pixels",
+        ),
         (json.dumps({"nuc": {key: {**first, "type": 9}}}), f"nucleus {key}: type 9 is not one of 0..5 or null"),
-        (json.dumps({"nuc": {key: {**first, "centroid": [float("nan"), 3]}}}), f"nucleus {key}: centroid has non-finite values (NaN or inf)"),
+        (
+            json.dumps({"nuc": {key: {**first, "centroid": [float("nan"), 3]}}}),
+            f"nucleus {key}: centroid has non-finite values (NaN or inf)",
+        ),
         (json.dumps({"nuc": {key: {**first, "type": None}}}), f"{path}: type null, but {PATCHES[1][0]}.json has types"),
     ]
     for text, message in cases:

@@ -47,7 +47,9 @@ def recognise(path):
         if name.endswith(FLAT_ENDINGS):
             return True
         folder = os.path.join(path, name)
-        if os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f"cells.json{e}")) for e in ("", ".snappy")):
+        if os.path.isdir(folder) and any(
+            os.path.isfile(os.path.join(folder, f"cells.json{e}")) for e in ("", ".snappy")
+        ):
             return True
     return False
 
@@ -109,7 +111,7 @@ def read_file(path, size):
     """(contours, type names, centroids (N, 2), shifted) of one file, in the patch's frame."""
     document = _load(path)
     if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
-        raise PredictionError(f"{path}: no \"cells\" list (not a CellViT cells.json)")
+        raise PredictionError(f'{path}: no "cells" list (not a CellViT cells.json)')
     names = _type_names(document.get("type_map"), path)
     contours, kinds, centroids = [], [], []
     for k, cell in enumerate(document["cells"]):

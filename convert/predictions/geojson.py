@@ -267,8 +267,11 @@ def open_layout(path, patches, size, *, class_map=None, **options):
         prediction.objects = NUCLEUS_OBJECTS
     folded = {name.casefold() for name in names}
     prediction.skip_cells = bool(folded & set(NUCLEI_NAMES)) and bool(folded & set(CELL_NAMES))
-    unknown = {name for name in names if prediction._type(name) is None and not (
-        prediction.skip_cells and name.casefold() in CELL_NAMES)}
+    unknown = {
+        name
+        for name in names
+        if prediction._type(name) is None and not (prediction.skip_cells and name.casefold() in CELL_NAMES)
+    }
     if unknown:
         raise unknown_names_error(path, unknown)
     prediction.classified = any((prediction._type(name) or 0) > 0 for name in names)

@@ -85,7 +85,7 @@ def read_file(path, size):
     """(ids, contours, types (int or None each), centroids (N, 2)) of one file, in increasing id order."""
     document = _load(path)
     if not isinstance(document, dict) or not isinstance(document.get("nuc"), dict):
-        raise PredictionError(f"{path}: no \"nuc\" object (not a HoVer-Net JSON)")
+        raise PredictionError(f'{path}: no "nuc" object (not a HoVer-Net JSON)')
     height, width = size
     rows = []
     for key, nucleus in document["nuc"].items():
