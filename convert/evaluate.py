@@ -11,6 +11,7 @@ a paired comparison with a second prediction.
 # convert.panoptic, convert.instance, convert.detection, convert.pixel, convert.cells (their reductions in
 # convert.metrics); the scoring loop in convert.scoring; what is written in convert.results.
 
+import argparse
 import logging
 import math
 import os
@@ -23,12 +24,20 @@ from .common import add_source_arguments, command_parser, config_named, resolve_
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
+from .predictions.classes import parse_class_map
 from .scoring import score_rows
 
 logger = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"valid": "validation"}  # the exported folder's name for it
 INSTANCE_LAYOUTS = ("coco", "yolo")  # the layouts that --min-score and --max-overlap rule
+
+
+def _class_map(text):
+    try:
+        return parse_class_map(text)
+    except ValueError as exc:  # argparse shows an ArgumentTypeError's own words (exit 2)
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _get_parser():
@@ -73,6 +82,14 @@ def _get_parser():
         default=DEFAULT_MAX_OVERLAP,
         help="coco, yolo: an instance whose overlap with the pixels of higher-scored ones is more than this "
         "fraction of its area is skipped",
+    )
+    parser.add_argument(
+        "--class-map",
+        type=_class_map,
+        default={},
+        metavar="NAME=CLASS,...",
+        help="geojson, cellvit: the class names of the predictions that are not ours, each to one of ours "
+        "(neoplastic, inflammatory, connective, dead, epithelial) or none (a nucleus without a class)",
     )
     parser.add_argument(
         "--metrics",
@@ -155,7 +172,9 @@ def _check_output(path, option):
         raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
 
 
-def open_split(config, data_dir, split, pred, *, pred_format, split_seed, split_ratios, min_score, max_overlap):
+def open_split(
+    config, data_dir, split, pred, *, pred_format, split_seed, split_ratios, min_score, max_overlap, class_map
+):
     """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
     folds = pim.split_folds(config, split)
     ratios = tuple(split_ratios)
@@ -169,7 +188,13 @@ def open_split(config, data_dir, split, pred, *, pred_format, split_seed, split_
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
     patches = [(pim.patch_id(fold, index), coco_image_id(fold, index)) for fold, index in rows]
     prediction = open_prediction(
-        os.path.abspath(pred), pred_format, patches, size, min_score=min_score, max_overlap=max_overlap
+        os.path.abspath(pred),
+        pred_format,
+        patches,
+        size,
+        min_score=min_score,
+        max_overlap=max_overlap,
+        class_map=class_map,
     )
     return {
         "split": split,
@@ -232,6 +257,7 @@ def _options(args):
         "split_ratios": args.split_ratios,
         "min_score": args.min_score,
         "max_overlap": args.max_overlap,
+        "class_map": args.class_map,
     }
     scoring = {
         "radius": args.f1_radius,
