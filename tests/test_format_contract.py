@@ -143,6 +143,7 @@ CHANGED = {
     "nnunet": ("labelsTr/fold1_00000.png", _png_pixel, "1 of 65536 pixels differ"),
     "pannuke": ("train/images.npy", _npy_value, "row 0 (fold1_00000): 1 values differ"),
     "yolo": ("labels/train/fold1_00000.txt", _text_character, "line 1 differs from column 3"),
+    "conic": ("train/labels.npy", _npy_value, "row 0 (fold1_00000): 1 values differ"),
 }
 
 
@@ -239,6 +240,13 @@ DAMAGED = {
         "images/train/fold1_00000.png": ("png", *RGB),
         "labels/train/fold1_00000.txt": ("text",),
         "data.yaml": ("yaml", "an object"),
+    },
+    "conic": {
+        "train/images.npy": ("npy", "uint8", (19, 256, 256, 3)),
+        "train/labels.npy": ("npy", "int32", (19, 256, 256, 2)),
+        "train/types.npy": ("npy", "<U13", (19,)),
+        "train/patch_info.csv": ("text",),
+        "train/counts.csv": ("text",),
     },
 }
 
