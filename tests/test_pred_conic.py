@@ -74,10 +74,11 @@ def test_a_masks_npy_is_still_the_masks_layout(preds, tmp_path):
 def test_damaged_labels_are_one_line(tmp_path):
     path = tmp_path / "labels.npy"
     n = len(PATCHES)
+    wanted = "expected (N, 256, 256, 2): instance ids, then classes 0..5"
     for array, message in [
         (np.zeros((n - 1, *SIZE, 2), np.int32), f"{n - 1} predictions, the split has {n} patches"),
-        (np.zeros((n, 128, 256, 2), np.int32), "shape (24, 128, 256, 2), expected (N, 256, 256, 2): instance ids, then classes 0..5"),
-        (np.zeros((n, *SIZE), np.int32), "shape (24, 256, 256), expected (N, 256, 256, 2): instance ids, then classes 0..5"),
+        (np.zeros((n, 128, 256, 2), np.int32), f"shape (24, 128, 256, 2), {wanted}"),
+        (np.zeros((n, *SIZE), np.int32), f"shape (24, 256, 256), {wanted}"),
         (np.zeros((n, *SIZE, 2), np.float32), "dtype float32, expected integers (instance ids and classes)"),
     ]:
         np.save(path, array)

@@ -43,7 +43,9 @@ __all__ = [
     "open_prediction",
 ]
 
-LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic", "tiff", "hovernext", "conic")
+LAYOUT_NAMES = (
+    "masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic", "tiff", "hovernext", "conic",
+)  # fmt: skip
 _MODULES = {name: name.replace("-", "_") for name in LAYOUT_NAMES}
 # Recognition: first a layout's own mark, the most specific first (HoVer-Net's output folder holds PNG
 # overlays, a YOLO predict folder PNG drawings, a cellpose folder the images and _seg.npy pickles beside the

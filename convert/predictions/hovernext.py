@@ -54,6 +54,8 @@ def _zarr(path):
 def open_map(path, size):
     """The zarr array of a pinst_pp.zip (a zarr 2 zip or a zarr 3 folder), shape and dtype checked, then closed."""
     zarr, errors = _zarr(path)
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # zarr 3 opens a ZipStore lazily: say it first
+        raise PredictionError(f"{path}: not a zip file (zarr 2 writes pinst_pp.zip as a ZipStore)")
     store = None
     try:
         store = zarr.storage.ZipStore(path, mode="r") if os.path.isfile(path) else path
@@ -66,7 +68,8 @@ def open_map(path, size):
         if dtype.kind not in "iu":
             raise PredictionError(f"{path}: dtype {dtype}, expected integer instance ids")
         if shape not in ((1, *size), tuple(size)):
-            raise PredictionError(f"{path}: shape {shape}, expected (1, {size[0]}, {size[1]}): one patch's instance map")
+            expected = f"(1, {size[0]}, {size[1]})"
+            raise PredictionError(f"{path}: shape {shape}, expected {expected}: one patch's instance map")
         yield array, errors
     finally:
         _close(store)
