@@ -73,7 +73,7 @@ def main(argv=None):
             root = sample_dir((1, 2, 3), os.path.join(tmp, "cache"))
             found = {fold: fold_paths(root, fold, "kaggle") for fold in (1, 2, 3)}
         total = np.zeros(7, dtype=np.int64)
-        header = ["nuclei", "components", "merged", "split", "nucleus pixels", "pixels differing", "class pixels differ"]
+        header = ["nuclei", "components", "merged", "split", "nucleus pixels", "pixels differing", "class differs"]
         print("| fold", *header, "HoVer-NeXt's labels scored: bPQ, mPQ, F1 |", sep=" | ")
         for fold in (1, 2, 3):
             masks = np.load(found[fold]["masks"], mmap_mode="r")
