@@ -33,6 +33,16 @@ def save_zarr2_zip(path, array):
     store.close()
 
 
+def save_zarr2_zip_chunked(path, array):
+    """A zarr 2 zip in chunks of 100 x 100, the last ones cut by the edge, no compressor: what other zarr 2
+    writers may leave."""
+    store = zarr.storage.ZipStore(str(path), mode="w")
+    made = zarr.create_array(store, shape=array.shape, chunks=(1, 100, 100), dtype=array.dtype, zarr_format=2,
+                             compressors=None)  # fmt: skip
+    made[...] = array
+    store.close()
+
+
 def save_zarr3(path, array):
     """HoVer-NeXt under zarr 3: the same call makes a folder named pinst_pp.zip (a LocalStore)."""
     zarr.save(str(path), array)
@@ -56,12 +66,16 @@ def write_output(root, preds, save=save_zarr2_zip):
         (folder / "class_inst.json").write_text(json.dumps(class_inst(instance, kind)))
 
 
-@pytest.mark.parametrize("save", [save_zarr2_zip, save_zarr3])
+@pytest.mark.parametrize("save", [save_zarr2_zip, save_zarr2_zip_chunked, save_zarr3])
 def test_the_map_and_classes_are_read_with_hovernexts_centroids(preds, tmp_path, save):
     write_output(tmp_path / "out", preds, save)
     prediction = open_prediction(str(tmp_path / "out"), None, PATCHES, SIZE)
     assert (prediction.name, prediction.classified) == ("hovernext", True)
-    assert zipfile.is_zipfile(tmp_path / "out" / PATCHES[0][0] / "pinst_pp.zip") == (save is save_zarr2_zip)
+    assert zipfile.is_zipfile(tmp_path / "out" / PATCHES[0][0] / "pinst_pp.zip") == (save is not save_zarr3)
+    if save is save_zarr2_zip:  # zarr leaves out a chunk that is all fill value: a patch without nuclei has none
+        empty = [p for p, (instance, _) in zip(PATCHES, preds) if not instance.any()]
+        with zipfile.ZipFile(tmp_path / "out" / empty[0][0] / "pinst_pp.zip") as z:
+            assert "0.0.0" not in z.namelist()
     for position, (instance, kind) in enumerate(preds):
         numbered, ids = renumbered(instance)
         types = [int(kind[instance == value][0]) for value in ids]
@@ -113,7 +127,16 @@ def test_damaged_hovernext_output_is_one_line(preds, tmp_path):
     with zipfile.ZipFile(zip_path, "w") as z:  # the chunks without .zarray: no array
         for name, data in chunks.items():
             z.writestr(name, data)
-    assert str(_raised(root)).startswith(f"{zip_path}: no readable zarr array (ArrayNotFoundError: ")
+    _error(root, f"{zip_path}: no .zarray in the zip: not a zarr array")
+    save_zarr2_zip(zip_path, np.zeros((1, *SIZE), np.int32) + 1)
+    with zipfile.ZipFile(zip_path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data[: len(data) // 2] if name == "0.0.0" else data)
+    _error(root, f"{zip_path}: damaged zarr array (RuntimeError: error during blosc decompression: -1)")
+    save_zarr2_zip(zip_path, np.zeros((1, 128, 256), np.int32))
+    _error(root, f"{zip_path}: shape (1, 128, 256), expected (1, 256, 256): one patch's instance map")
     zip_path.write_bytes(b"garbage")
     _error(root, f"{zip_path}: not a zip file (zarr 2 writes pinst_pp.zip as a ZipStore)")
     os.remove(zip_path)
@@ -140,10 +163,14 @@ def test_damaged_hovernext_output_is_one_line(preds, tmp_path):
 def test_without_zarr_the_line_says_how_to_install_it(preds, tmp_path, monkeypatch):
     import sys
 
-    write_output(tmp_path / "out", preds[:1] * len(PATCHES))
-    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now raises ImportError
-    path = tmp_path / "out" / PATCHES[0][0] / "pinst_pp.zip"
-    _error(tmp_path / "out", f"{path}: reading HoVer-NeXt's zarr maps needs the zarr package: pip install zarr")
+    write_output(tmp_path / "zip", preds[:1] * len(PATCHES))
+    write_output(tmp_path / "folder", preds[:1] * len(PATCHES), save_zarr3)
+    for module in ("zarr", "numcodecs"):
+        monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
+    path = tmp_path / "zip" / PATCHES[0][0] / "pinst_pp.zip"
+    _error(tmp_path / "zip", f"{path}: reading HoVer-NeXt's zarr maps needs numcodecs: pip install zarr")
+    path = tmp_path / "folder" / PATCHES[0][0] / "pinst_pp.zip"
+    _error(tmp_path / "folder", f"{path}: a zarr 3 folder: reading it needs the zarr package: pip install zarr")
 
 
 def _raised(path):

@@ -51,15 +51,16 @@ def _tifffile():
     return tifffile, (tifffile.TiffFileError, ValueError, struct.error, OSError, EOFError, KeyError, IndexError)
 
 
-def label_shape(path, size):
-    """Check a label TIFF's first series (shape, dtype) without reading its pixels; True if (2, H, W)."""
-    tifffile, errors = _tifffile()
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, dtype = tuple(series.shape), series.dtype
-    except errors as exc:
-        raise PredictionError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
+def _nuclei_page(tif, path, size):
+    """The page of the nuclei label image of an open TIFF, its shape and dtype checked from the header.
+
+    A label image is one (H, W) page; InstanSeg's (2, H, W) is two pages (tifffile's default) or one page of two
+    samples, the nuclei first. Only the first page is decoded: 0.2 ms a file instead of tifffile's series.
+    """
+    page = tif.pages.first
+    shape, dtype = tuple(page.shape), page.dtype
+    if len(tif.pages) > 1:
+        shape = (len(tif.pages), *shape)
     if dtype is None or dtype.kind not in "iu":
         raise PredictionError(f"{path}: dtype {dtype}, expected integer labels (0 background, 1.. the nuclei)")
     if shape not in (tuple(size), (2, *size)):
@@ -67,18 +68,24 @@ def label_shape(path, size):
             f"{path}: shape {shape}, expected a {size[0]}x{size[1]} label image ({size[0]}, {size[1]}) or "
             f"InstanSeg's nuclei and cells (2, {size[0]}, {size[1]})"
         )
-    return len(shape) == 3
+    return page
 
 
-def read_labels(path, size):
-    """The nuclei label image of a TIFF: the image, or channel 0 of InstanSeg's (2, H, W)."""
-    two = label_shape(path, size)
+def read_labels(path, size, pixels=True):
+    """The nuclei label image of a TIFF (the image, or channel 0 of InstanSeg's (2, H, W)); only checked if not
+    pixels."""
     tifffile, errors = _tifffile()
     try:
-        labels = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            page = _nuclei_page(tif, path, size)
+            if not pixels:
+                return None
+            labels = page.asarray()
+    except PredictionError:
+        raise
     except errors as exc:
         raise PredictionError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    labels = labels[0] if two else labels
+    labels = labels[0] if labels.ndim == 3 else labels
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise PredictionError(f"{path}: negative ids (min {labels.min()}): {WRAP_NOTE}")
     return labels
@@ -127,7 +134,7 @@ def open_layout(path, patches, size, **options):
     ending, writer, missing_is_empty = writer_of(path, ids)
     prediction.ending = ending
     for name in patch_files(path, ids, ending, f"{writer} file(s)", required=not missing_is_empty):
-        label_shape(os.path.join(path, name), prediction.size)
+        read_labels(os.path.join(path, name), prediction.size, pixels=False)
     if missing_is_empty:
         prediction.notes.append(f"tiff: a patch without {ending} has no nuclei (cellpose writes none then)")
     return prediction
