@@ -66,12 +66,19 @@ def write_output(root, preds, save=save_zarr2_zip):
         (folder / "class_inst.json").write_text(json.dumps(class_inst(instance, kind)))
 
 
-@pytest.mark.parametrize("save", [save_zarr2_zip, save_zarr2_zip_chunked, save_zarr3])
+def save_zarr3_sharded(path, array):
+    """A zarr 3 folder of sharded chunks (a codec read through zarr's own API)."""
+    made = zarr.create_array(str(path), shape=array.shape, chunks=(1, 64, 64), shards=(1, 128, 256), dtype=array.dtype)
+    made[...] = array
+
+
+@pytest.mark.parametrize("save", [save_zarr2_zip, save_zarr2_zip_chunked, save_zarr3, save_zarr3_sharded])
 def test_the_map_and_classes_are_read_with_hovernexts_centroids(preds, tmp_path, save):
     write_output(tmp_path / "out", preds, save)
     prediction = open_prediction(str(tmp_path / "out"), None, PATCHES, SIZE)
     assert (prediction.name, prediction.classified) == ("hovernext", True)
-    assert zipfile.is_zipfile(tmp_path / "out" / PATCHES[0][0] / "pinst_pp.zip") == (save is not save_zarr3)
+    is_zip = zipfile.is_zipfile(tmp_path / "out" / PATCHES[0][0] / "pinst_pp.zip")
+    assert is_zip == save.__name__.startswith("save_zarr2")
     if save is save_zarr2_zip:  # zarr leaves out a chunk that is all fill value: a patch without nuclei has none
         empty = [p for p, (instance, _) in zip(PATCHES, preds) if not instance.any()]
         with zipfile.ZipFile(tmp_path / "out" / empty[0][0] / "pinst_pp.zip") as z:
@@ -147,6 +154,11 @@ def test_damaged_hovernext_output_is_one_line(preds, tmp_path):
     save_zarr3(zip_path, np.zeros((1, *SIZE), np.float32))
     _error(root, f"{zip_path}: dtype float32, expected integer instance ids")
     shutil.rmtree(zip_path)
+    save_zarr3(zip_path, np.ones((1, *SIZE), np.int32))
+    chunk = next(p for p in zip_path.rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    assert str(_raised(root)).startswith(f"{zip_path}: damaged zarr array (RuntimeError: ")
+    shutil.rmtree(zip_path)
     zip_path.mkdir()  # an empty zarr 3 folder
     assert str(_raised(root)).startswith(f"{zip_path}: no readable zarr array (")
     shutil.rmtree(zip_path)
@@ -165,12 +177,14 @@ def test_without_zarr_the_line_says_how_to_install_it(preds, tmp_path, monkeypat
 
     write_output(tmp_path / "zip", preds[:1] * len(PATCHES))
     write_output(tmp_path / "folder", preds[:1] * len(PATCHES), save_zarr3)
+    write_output(tmp_path / "sharded", preds[:1] * len(PATCHES), save_zarr3_sharded)
     for module in ("zarr", "numcodecs"):
         monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
-    path = tmp_path / "zip" / PATCHES[0][0] / "pinst_pp.zip"
-    _error(tmp_path / "zip", f"{path}: reading HoVer-NeXt's zarr maps needs numcodecs: pip install zarr")
-    path = tmp_path / "folder" / PATCHES[0][0] / "pinst_pp.zip"
-    _error(tmp_path / "folder", f"{path}: a zarr 3 folder: reading it needs the zarr package: pip install zarr")
+    for folder in ("zip", "folder"):
+        path = tmp_path / folder / PATCHES[0][0] / "pinst_pp.zip"
+        _error(tmp_path / folder, f"{path}: reading HoVer-NeXt's zarr maps needs numcodecs: pip install zarr")
+    path = tmp_path / "sharded" / PATCHES[0][0] / "pinst_pp.zip"
+    _error(tmp_path / "sharded", f"{path}: a zarr 3 folder: reading it needs the zarr package: pip install zarr")
 
 
 def _raised(path):

@@ -4,8 +4,9 @@ digitalpathologybern/hover_next_inference@866f753, src/post_process.py `post_pro
 "<split>/*.png" --output_root OUT` writes OUT/<image name without extension>/ per image, holding
 - `pinst_pp.zip`: `zarr.save` of the int32 instance map, shape (1, H, W) for one image ((H, W) for a slide). zarr 2
   turns the .zip path into a ZipStore (a zip of `.zarray` and Blosc-compressed chunks), read here by the zarr v2
-  specification with numcodecs' codecs; zarr 3 makes a folder of that name (`zarr.json`, zstd chunks), read
-  through zarr's own API (zarr >= 3). Both packages: `pip install zarr`.
+  specification with numcodecs' codecs; zarr 3 makes a folder of that name (`zarr.json`, zstd chunks), read by the
+  v3 specification for its default codecs, through zarr's own API (zarr >= 3) for others. `pip install zarr`
+  brings both packages.
 - `class_inst.json`: {"<id>": [class, [image index, row, col]]} (src/post_process_utils.py `write`; a slide's
   centroid is [row, col]), classes 1..5 of src/constants.py `CLASS_LABELS_PANNUKE` (neoplastic, inflammatory,
   connective, dead, epithelial: our classes, never 0).
@@ -66,6 +67,18 @@ def _checked(path, shape, dtype, size):
         raise PredictionError(f"{path}: shape {tuple(shape)}, expected {expected}: one patch's instance map")
 
 
+def _assemble(shape, chunks, dtype, fill, chunk_of):
+    """The array of a regular chunk grid: chunk_of(index) gives a chunk's values (chunks-shaped, edge chunks
+    padded as zarr writes them) or None for a chunk zarr left out, which holds the fill value."""
+    array = np.full(shape, fill, dtype=dtype)
+    for index in np.ndindex(*[-(-extent // chunk) for extent, chunk in zip(shape, chunks)]):
+        values = chunk_of(index)
+        if values is not None:
+            region = tuple(slice(i * c, min((i + 1) * c, e)) for i, c, e in zip(index, chunks, shape))
+            array[region] = values[tuple(slice(0, r.stop - r.start) for r in region)]
+    return array
+
+
 def read_zarr2_zip(path, size):
     """The array of a zarr 2 ZipStore, read by the zarr storage specification v2 (zarr-specs, v2 array metadata):
     `.zarray` gives shape, chunks, dtype, order, fill_value, compressor and filters (numcodecs configurations);
@@ -86,29 +99,76 @@ def read_zarr2_zip(path, size):
             compressor = numcodecs.get_codec(meta["compressor"]) if meta.get("compressor") else None
             filters = [numcodecs.get_codec(f) for f in meta.get("filters") or []]
             separator, order = meta.get("dimension_separator") or ".", meta.get("order", "C")
-            array = np.full(shape, meta.get("fill_value") or 0, dtype=dtype)
-            grid = [-(-extent // chunk) for extent, chunk in zip(shape, chunks)]
-            for index in np.ndindex(*grid):
+
+            def chunk_of(index):
                 key = separator.join(str(i) for i in index)
                 if key not in names:
-                    continue
+                    return None
                 data = z.read(key)
                 if compressor is not None:
                     data = compressor.decode(data)
                 for codec in reversed(filters):
                     data = codec.decode(data)
-                chunk = np.frombuffer(data, dtype=dtype).reshape(chunks, order=order)
-                region = tuple(slice(i * c, min((i + 1) * c, e)) for i, c, e in zip(index, chunks, shape))
-                array[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
+                return np.frombuffer(data, dtype=dtype).reshape(chunks, order=order)
+
+            return _assemble(shape, chunks, dtype, meta.get("fill_value") or 0, chunk_of)
     except PredictionError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, RuntimeError, OSError, EOFError) as exc:
         raise PredictionError(f"{path}: damaged zarr array ({type(exc).__name__}: {exc})") from None
-    return array
+
+
+# The zarr 3 codecs read directly (zarr-specs v3: "bytes" turns a chunk into bytes of one endianness, the others
+# compress those bytes); an array of any other codec (transpose, sharding...) is read through zarr's own API.
+V3_BYTES_CODECS = {"zstd": "Zstd", "gzip": "GZip", "blosc": "Blosc", "crc32c": "CRC32C"}
 
 
 def read_zarr3_folder(path, size):
-    """The array of a zarr 3 folder (zarr.json, codecs), through zarr's own API."""
+    """The array of a zarr 3 folder (zarr-specs v3: zarr.json, a regular chunk grid, chunk keys "c/i/j/k" or
+    "i.j.k", codecs "bytes" then compressors), read directly when its codecs are zarr 3's defaults' kind."""
+    try:
+        with open(os.path.join(path, "zarr.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        names = [codec["name"] for codec in meta["codecs"]]
+        direct = (
+            meta.get("zarr_format") == 3 and meta.get("node_type") == "array" and not meta.get("storage_transformers")
+            and meta["chunk_grid"]["name"] == "regular" and names[:1] == ["bytes"]
+            and all(name in V3_BYTES_CODECS for name in names[1:])
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):  # no zarr.json or not as written: zarr's API says what
+        direct = False
+    if not direct:
+        return _read_with_zarr(path, size)
+    numcodecs = _codecs(path)
+    try:
+        shape, chunks = tuple(meta["shape"]), tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        endian = {"little": "<", "big": ">"}[meta["codecs"][0].get("configuration", {}).get("endian", "little")]
+        dtype = np.dtype(meta["data_type"])
+        _checked(path, shape, dtype, size)
+        codecs = [getattr(numcodecs, V3_BYTES_CODECS[name])() for name in names[1:]]
+        encoding = meta["chunk_key_encoding"]
+        separator = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
+
+        def chunk_of(index):
+            key = separator.join(str(i) for i in index)
+            chunk = os.path.join(path, *(["c", key] if encoding["name"] == "default" else [key]))
+            if not os.path.exists(chunk):
+                return None
+            with open(chunk, "rb") as f:
+                data = f.read()
+            for codec in reversed(codecs):
+                data = codec.decode(data)
+            return np.frombuffer(data, dtype=dtype.newbyteorder(endian)).reshape(chunks)
+
+        return _assemble(shape, chunks, dtype, meta.get("fill_value") or 0, chunk_of)
+    except PredictionError:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError, EOFError) as exc:
+        raise PredictionError(f"{path}: damaged zarr array ({type(exc).__name__}: {exc})") from None
+
+
+def _read_with_zarr(path, size):
+    """The array of a zarr folder through zarr's own API (zarr >= 3 reads zarr 2 and 3 folders)."""
     zarr, errors = _zarr(path)
     try:
         array = zarr.open_array(path, mode="r")
