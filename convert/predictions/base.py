@@ -175,17 +175,17 @@ def check_ids(values, where, what="prediction", channels=None):
             values = ids
         else:
             if not np.isfinite(checked).all():
-                raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
+                raise PredictionError(f"{where}: {what} has non-finite values (NaN or inf)")
             bad = checked[checked != np.floor(checked)]
             if bad.size:
-                raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
+                raise PredictionError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
             values = checked  # integers beyond int32's range, which the range check below names
     if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
         low, high = values[..., :channels].min(), values[..., :channels].max()
         if low < 0:
-            raise ValueError(f"{where}: {what} has negative values (min {low:g})")
+            raise PredictionError(f"{where}: {what} has negative values (min {low:g})")
         if high > MAX_PRED_ID:
-            raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
+            raise PredictionError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
     # Integers of up to 32 bits mix with the int64 keys as int64; uint64 would turn them into floats.
     return values if values.dtype.kind in "iu" and values.dtype.itemsize <= 4 else values.astype(np.int64)
 
@@ -204,14 +204,14 @@ def hovernet_prediction(instance, types, where="prediction"):
     instance = check_ids(instance, where, "instance channel")
     types = check_ids(types, where, "type channel")
     if types.max(initial=0) >= NUM_TYPES:
-        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
+        raise PredictionError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
     ids, kinds = majority_types(instance, types)
     return from_instances(instance, ids, kinds, where=where)
 
 
 def check_dtype(path, dtype):
     if dtype.kind not in "biuf":
-        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
+        raise PredictionError(f"{path}: dtype {dtype} is not numeric")
 
 
 def listing(folder):
