@@ -25,6 +25,8 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
+from .numbers import ratio as _ratio
+
 MATCH_IOU = 0.5  # a pair matches when its IoU is strictly above this: such pairs are unique
 SQ_EPSILON = 1.0e-6  # the SQ denominator of every reference is TP + 1e-6: a perfect nucleus scores 0.999999
 DQ_EPSILON = 1.0e-6  # CellViT's and CoNIC's DQ denominator adds it too (PanNuke's and HoVer-Net's do not)
@@ -297,11 +299,6 @@ def pannuke_state(matching, classified=True):
     row += _interleaved(_class_means(dq, sq, pq))
     row += _interleaved(quality(binary_counts(matching)))
     return np.array(row, dtype=np.float64)
-
-
-def _ratio(numerator, denominator):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
 
 def column(sums, columns, name):
