@@ -176,7 +176,9 @@ def test_hovernet_contours_fill_back_the_piece_they_outline(kaggle_part1, three_
             drawn = fill_contour(contour, instance.shape)
             np.testing.assert_array_equal(drawn, outlined)
             # OpenCV's other way of drawing a filled contour (HoVer-Net's overlays) gives the same pixels.
-            by_cv2 = cv2.drawContours(np.zeros(instance.shape, np.uint8), [contour.reshape(-1, 1, 2)], -1, 1, cv2.FILLED)
+            by_cv2 = cv2.drawContours(
+                np.zeros(instance.shape, np.uint8), [contour.reshape(-1, 1, 2)], -1, 1, cv2.FILLED
+            )
             np.testing.assert_array_equal(drawn, by_cv2.astype(bool))
             top, left, crop = contour_piece([contour], instance.shape)
             np.testing.assert_array_equal(drawn[top : top + crop.shape[0], left : left + crop.shape[1]], crop)
