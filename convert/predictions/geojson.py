@@ -268,23 +268,22 @@ def open_layout(path, patches, size, *, class_map=None, **options):
     # so that the split's rules (which objects, which classes, which pixel convention) are known.
     height, width = prediction.size
     corners, centres = np.array([width, height]), np.array([width - 1, height - 1])
-    kinds, names, whole, slanted, edge = set(), set(), True, False, None
+    classes, whole, slanted, edge = set(), True, False, None  # classes: (object type, class name) pairs
     for file in files:
         if file is None:
             continue
         features = read_file(file)
-        for kind, name, _, _ in features:
-            kinds.add(kind)
-            if name is not None:
-                names.add(name)
+        classes.update((kind, name) for kind, name, _, _ in features)
         file_whole, file_slanted, low, high = _geometry_facts(features)
         if (low < 0).any() or (high > corners).any():
             raise _first_outside(features, corners, prediction.size)
         if edge is None and (high > centres).any():  # outside if the vertices are pixel centres
             edge = _first_outside(features, centres, prediction.size)
         whole, slanted = whole and file_whole, slanted or file_slanted
-    if kinds & set(NUCLEUS_OBJECTS):
+    if {kind for kind, _ in classes} & set(NUCLEUS_OBJECTS):
         prediction.objects = NUCLEUS_OBJECTS
+    # Only the names of the objects scored count: a region's class is not a nucleus' class.
+    names = {name for kind, name in classes if kind in prediction.objects and name is not None}
     folded = {name.casefold() for name in names}
     prediction.skip_cells = bool(folded & set(NUCLEI_NAMES)) and bool(folded & set(CELL_NAMES))
     unknown = {
