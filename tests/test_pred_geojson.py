@@ -295,3 +295,16 @@ def test_evaluate_names_a_damaged_file_in_one_line_and_scores_nothing(fold, tmp_
     with pytest.raises(SystemExit) as caught:
         main([*argv, "--class-map", "Tumor=neoplastic,Stroma"])
     assert caught.value.code == 2
+
+
+def test_regions_classes_do_not_count_when_detections_are_scored(fold, tmp_path):
+    _, instance, nuclei = fold[0]
+    _named_file(tmp_path / f"{PATCHES[0][0]}.geojson", instance, nuclei, ["Neoplastic"])
+    document = json.loads((tmp_path / f"{PATCHES[0][0]}.geojson").read_text())
+    region = {"type": "Polygon", "coordinates": [[[0, 0], [256, 0], [256, 256], [0, 256], [0, 0]]]}
+    document["features"].append(
+        {"type": "Feature", "geometry": region, "properties": {"objectType": "annotation", "classification": "Tumor"}}
+    )
+    (tmp_path / f"{PATCHES[0][0]}.geojson").write_text(json.dumps(document))
+    prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
+    assert_reads(prediction, 0, instance, [1] * len(nuclei))
