@@ -18,11 +18,20 @@ import numpy as np
 import pannuke_imagemask as pim
 
 from . import __version__, detection
-from .common import add_source_arguments, command_parser, config_named, progress_bar, resolve_source, run_cli
+from .common import (
+    add_source_arguments,
+    command_parser,
+    config_named,
+    progress_bar,
+    refuse_non_empty,
+    resolve_source,
+    run_cli,
+)
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .pool import WORKER, opened, run_tasks
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, MAX_PRED_ID, open_prediction
+from .report import DEFAULT_PATCHES as REPORT_PATCHES, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -415,6 +424,20 @@ def _get_parser():
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write an HTML report in this folder: charts per class and tissue, the type confusion and "
+        "the worst patches' outlines (DIR/index.html; a non-empty DIR needs --force)",
+    )
+    parser.add_argument(
+        "--report-patches",
+        type=int,
+        default=REPORT_PATCHES,
+        metavar="N",
+        help="--report: the gallery's patches per list (the lowest bPQ, and the lowest PQ of each class)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --report DIR")
     # Scoring reads the folds on disk; no --config default in the parser: --protocol implies folds, else part1.
     add_source_arguments(parser, download=False, work="scoring", config_default="part1; folds with --protocol")
     return parser
@@ -595,6 +618,9 @@ def run_protocol(args, config):
         "config": "folds",
         "version": __version__,
     }
+    if args.report:
+        pages = {f"split{k}": {**run, "opened": opened[k]} for k, run in runs.items()}
+        write_report(args.report, pages, summary=summary, patches=args.report_patches, force=args.force)
     reports = [(args.json, _json_report(report))] if args.json else []
     if args.per_patch:
         reports.append((args.per_patch, _per_patch_report([(f"split{k}", run) for k, run in runs.items()])))
@@ -609,11 +635,18 @@ def evaluate(args, config):
     _check_output(args.per_patch, "--per-patch")
     if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):
         raise ValueError(f"{args.json}: --json and --per-patch name the same file")
+    if args.report:
+        if args.report_patches < 0:
+            raise ValueError(f"--report-patches must be 0 or more, got {args.report_patches}")
+        refuse_non_empty(os.path.abspath(args.report), args.force, "replace")  # before any patch is scored
     if args.protocol:
         return run_protocol(args, config)
     data_dir = resolve_source(args, pim.split_folds(config, args.split), required=True)
-    run = score_split(args, config, open_split(args, config, data_dir, args.split, args.pred))
+    opened = open_split(args, config, data_dir, args.split, args.pred)
+    run = score_split(args, config, opened)
     print("\n".join(report_lines(run["result"])))
+    if args.report:
+        write_report(args.report, {"": {**run, "opened": opened}}, patches=args.report_patches, force=args.force)
     reports = [(args.json, _json_report(run["result"]))] if args.json else []
     if args.per_patch:
         reports.append((args.per_patch, _per_patch_report([(None, run)])))

@@ -1,0 +1,679 @@
+"""evaluate --report DIR: one HTML page that shows where a prediction fails, by class, tissue, type and patch.
+
+The page is plain HTML and CSS with PNG pictures (charts by matplotlib, outlines by OpenCV contours), no
+script and nothing from the network: it opens from file:// and reads on a phone. write_report is the entry
+point; evaluate calls it once the runs are scored. Every number on the page carries its exact value in a
+data-value attribute, so that a test (browser_tests/) can compare the page with --json.
+"""
+
+import html
+import math
+import os
+
+import numpy as np
+
+import pannuke_imagemask as pim
+
+from . import detection
+from .common import refuse_non_empty, staging_dir
+from .export import replace_tree
+from .pictures import COLORS, _pyplot
+
+PAGE = "index.html"
+DEFAULT_PATCHES = 3  # gallery patches per list (the worst by bPQ, and per class)
+MATCH_IOU = 0.5  # missed and spurious: no partner of IoU strictly above this, as bPQ pairs nuclei
+SCALE = 2  # outline panels are drawn at twice the patch's size, so that a 1-pixel nucleus edge stays visible
+HATCH = 4  # pixels between the stripes of a missed nucleus (at SCALE)
+CHART_DPI = 100
+# Outline panels are palette PNGs: background, the five class colours, their dim fills, white marks.
+BACKGROUND, MARK = 0, 11
+DIM = 0.35  # a nucleus' inside: its class colour at this brightness, its outline at full
+HEADLINE = [  # (key path in the result, label)
+    (("mPQ",), "mPQ"),
+    (("bPQ",), "bPQ"),
+    (("detection", "f1"), "detection F1"),
+    (("detection", "precision"), "precision"),
+    (("detection", "recall"), "recall"),
+    (("detection", "type_accuracy"), "type accuracy"),
+]
+TYPE_LABELS = ["none", *pim.NUCLEUS_CLASSES]  # HoVer-Net's type ids 0..5
+SHORT = {"none": "none", "neoplastic": "neo", "inflammatory": "infl", "connective": "conn", "dead": "dead",
+         "epithelial": "epi"}  # fmt: skip
+
+CSS = """
+*{box-sizing:border-box}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d1d1f;margin:0 auto;max-width:1100px;
+padding:0 12px 40px}
+h1{font-size:1.5em;margin:.8em 0 .2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:2px solid #ddd}
+h3{font-size:1.05em;margin:1.2em 0 .4em}
+img{max-width:100%;height:auto;display:block}
+.note{color:#555;font-size:.9em;max-width:60em}
+.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}
+.box{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums;margin:4px 0 12px}
+th,td{padding:2px 6px;border-bottom:1px solid #e3e3e3;text-align:right;vertical-align:top}
+th:first-child,td:first-child{text-align:left}
+thead th{border-bottom:2px solid #bbb}
+td small{color:#666;display:block}
+.cards{display:flex;flex-wrap:wrap;gap:8px;margin:8px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px 10px;min-width:9em}
+.card b{display:block;font-size:1.5em}
+.card span{font-size:.85em;color:#555}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:.9em}
+dt{color:#555}dd{margin:0;overflow-wrap:anywhere}
+.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+.row>*{flex:1 1 300px;min-width:0}
+.patch{margin:10px 0 18px;border-top:1px solid #eee;padding-top:6px}
+.panels{display:grid;grid-template-columns:repeat(var(--panels),minmax(0,1fr));gap:4px;max-width:calc(var(--panels)*260px)}
+.panels figcaption{font-size:.8em;color:#555;text-align:center}
+.panels figure{margin:0}
+.legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:.9em;align-items:center;margin:6px 0}
+.legend svg{vertical-align:middle}
+@media (max-width:480px){body{font-size:14px;padding:0 6px 30px}table{font-size:12px}th,td{padding:2px 3px}}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers: shown rounded, carried exactly.
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite(value):
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _shown(value):
+    return f"{value:.4f}" if _finite(value) else "n/a"
+
+
+def _data(value):
+    """The exact value for data-value: repr of the float, as json writes it; "null" for NaN (json's null)."""
+    return repr(float(value)) if _finite(value) else "null"
+
+
+def _get(result, path):
+    for key in path:
+        result = result[key]
+    return result
+
+
+def _interval(result, path):
+    """(low, high) of result["intervals"] at the same key path as the number, where evaluate computed one."""
+    found = result.get("intervals")
+    for key in path:
+        if not isinstance(found, dict) or key not in found:
+            return None
+        found = found[key]
+    return tuple(found) if found is not None and len(found) == 2 else None
+
+
+def _cell(value, key, run=None, tag="td", interval=None):
+    """A table cell of one number, with its exact value, its key and its run in data attributes."""
+    attrs = f' data-key="{html.escape(key)}" data-value="{_data(value)}"'
+    if run is not None:
+        attrs += f' data-run="{html.escape(run)}"'
+    text = _shown(value)
+    if interval is not None:
+        attrs += f' data-low="{_data(interval[0])}" data-high="{_data(interval[1])}"'
+        text += f"<small>[{_shown(interval[0])}, {_shown(interval[1])}]</small>"
+    return f"<{tag}{attrs}>{text}</{tag}>"
+
+
+def _table(head, rows, cls=""):
+    """A table in a box that scrolls on its own if it must; head and rows are lists of ready cells."""
+    thead = "<tr>" + "".join(head) + "</tr>"
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f'<div class="box"><table class="{cls}"><thead>{thead}</thead><tbody>{body}</tbody></table></div>'
+
+
+def _th(text):
+    return f"<th>{html.escape(text)}</th>"
+
+
+def _img(name, alt, size):
+    return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}" width="{size[0]}" height="{size[1]}">'
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts (matplotlib): per class, per tissue, the type confusion.
+# ---------------------------------------------------------------------------------------------
+
+
+def _save(figure, folder, name):
+    figure.savefig(os.path.join(folder, name), dpi=CHART_DPI)
+    size = figure.get_size_inches() * CHART_DPI
+    _pyplot().close(figure)
+    return name, (int(round(size[0])), int(round(size[1])))
+
+
+def _class_chart(folder, name, runs):
+    """Grouped bars: PQ and F1 of each class, for each run."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 3.0))
+    x = np.arange(len(pim.NUCLEUS_CLASSES))
+    bars = [(label, key, title) for label in runs for key, title in (("per_class", "PQ"), ("f1_per_class", "F1"))]
+    width = 0.8 / len(bars)
+    for k, (label, key, title) in enumerate(bars):
+        values = [runs[label]["result"][key][c] for c in pim.NUCLEUS_CLASSES]
+        heights = [v if _finite(v) else 0 for v in values]
+        hatch = "//" if title == "F1" else None
+        axis.bar(x + (k - (len(bars) - 1) / 2) * width, heights, width, hatch=hatch,
+                 label=title if len(runs) == 1 else f"{title} {label}")  # fmt: skip
+    axis.set_xticks(x, [SHORT[c] for c in pim.NUCLEUS_CLASSES])
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("score")
+    axis.legend(fontsize=8, ncols=2)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, folder, name)
+
+
+def _tissue_order(result):
+    """Tissues with patches, worst first by mPQ (by bPQ where there is no mPQ), then by name."""
+    key = "mPQ" if _finite(result["mPQ"]) else "bPQ"
+    present = [t for t, v in result["per_tissue"].items() if v["patches"]]
+    score = {t: result["per_tissue"][t][key] for t in present}
+    return sorted(present, key=lambda t: (not _finite(score[t]), score[t] if _finite(score[t]) else 0, t)), key
+
+
+def _tissue_chart(folder, name, runs, order):
+    """Horizontal bars of mPQ and bPQ per tissue, in the page's order (worst at the top)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 1.0 + 0.32 * len(order) * max(1, len(runs) / 1.5)))
+    bars = [(label, key) for label in runs for key in ("mPQ", "bPQ")]
+    height = 0.8 / len(bars)
+    y = np.arange(len(order))
+    for k, (label, key) in enumerate(bars):
+        values = [runs[label]["result"]["per_tissue"][t][key] for t in order]
+        widths = [v if _finite(v) else 0 for v in values]
+        axis.barh(y + (k - (len(bars) - 1) / 2) * height, widths, height, hatch="//" if key == "bPQ" else None,
+                  label=key if len(runs) == 1 else f"{key} {label}")  # fmt: skip
+    first = runs[next(iter(runs))]["result"]["per_tissue"]
+    axis.set_yticks(y, [f"{t} ({first[t]['patches']})" for t in order], fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, folder, name)
+
+
+def _confusion_chart(folder, name, paired):
+    """The 6 x 6 paired-type matrix as row shares in grey, each cell with its count."""
+    plt = _pyplot()
+    counts = np.asarray(paired, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    figure, axis = plt.subplots(figsize=(4.6, 4.0))
+    axis.imshow(shares, cmap="Greys", vmin=0, vmax=1)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            axis.text(j, i, f"{counts[i, j]}\n{100 * shares[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                      color=colour)  # fmt: skip
+    labels = [SHORT[t] for t in TYPE_LABELS]
+    axis.set_xticks(range(len(labels)), labels, fontsize=8)
+    axis.set_yticks(range(len(labels)), labels, fontsize=8)
+    axis.set_xlabel("predicted type")
+    axis.set_ylabel("true type")
+    figure.tight_layout()
+    return _save(figure, folder, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gallery: which patches, and their outlines (OpenCV).
+# ---------------------------------------------------------------------------------------------
+
+
+def gallery_lists(scores, count):
+    """{"bPQ": positions, "neoplastic": positions, ...}: the count lowest of each, NaN left out, ties by position.
+
+    scores is a run's (N, 7) per-patch scores (PQ of classes 0..4, mPQ, bPQ).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    columns = {"bPQ": scores[:, -1], **{name: scores[:, j] for j, name in enumerate(pim.NUCLEUS_CLASSES)}}
+    lists = {}
+    for name, column in columns.items():
+        scored = np.flatnonzero(~np.isnan(column))
+        lists[name] = scored[np.argsort(column[scored], kind="stable")][:count].tolist()
+    return lists
+
+
+def collapse(channels):
+    """(instance map (H, W), type of each number 1..n as HoVer-Net's 1..5) of (H, W, >=5) class channels.
+
+    The builder's rule for instance_mask: later channels painted over earlier ones, each (channel, id) pair
+    with pixels left one nucleus, numbered in (channel, id) order; a nucleus wholly covered is gone.
+    """
+    top = np.full(channels.shape[:2], -1, dtype=np.int64)
+    ids = np.zeros(channels.shape[:2], dtype=np.int64)
+    for channel in range(pim.NUM_CLASS_CHANNELS):
+        present = channels[..., channel] != 0
+        top[present] = channel
+        ids[present] = channels[..., channel][present]
+    foreground = top >= 0
+    keys, number = np.unique(top[foreground] * (int(ids.max(initial=0)) + 1) + ids[foreground], return_inverse=True)
+    instance = np.zeros(channels.shape[:2], dtype=np.int32)
+    instance[foreground] = number.ravel() + 1
+    types = np.concatenate([[0], keys // (int(ids.max(initial=0)) + 1) + 1]).astype(np.int64)
+    return instance, types
+
+
+def unmatched(true_map, pred_map):
+    """(true numbers without a partner, predicted numbers without a partner): partners have IoU > 0.5."""
+    both = (true_map > 0) & (pred_map > 0)
+    pairs, inter = np.unique(np.stack([true_map[both], pred_map[both]]), axis=1, return_counts=True)
+    true_area = np.bincount(true_map.ravel())
+    pred_area = np.bincount(pred_map.ravel())
+    iou = inter / (true_area[pairs[0]] + pred_area[pairs[1]] - inter)
+    matched = pairs[:, iou > MATCH_IOU]
+    true_left = np.setdiff1d(np.flatnonzero(true_area[1:]) + 1, matched[0])
+    pred_left = np.setdiff1d(np.flatnonzero(pred_area[1:]) + 1, matched[1])
+    return true_left, pred_left
+
+
+def _palette():
+    dim = (COLORS[1:].astype(np.float64) * DIM).astype(np.uint8)
+    return np.concatenate([COLORS[:1], COLORS[1:], dim, [[255, 255, 255]]]).astype(np.uint8)
+
+
+def outline_panel(instance, types, marked, mark):
+    """A palette image (H*SCALE, W*SCALE) of an instance map: each nucleus filled dim and outlined in its class
+    colour (OpenCV contours); the marked numbers striped and crossed (mark "cross": missed) or filled white
+    ("fill": spurious), so that the two read apart without colour.
+    """
+    import cv2
+    from scipy.ndimage import find_objects
+
+    big = np.kron(instance, np.ones((SCALE, SCALE), dtype=instance.dtype))
+    canvas = np.zeros(big.shape, dtype=np.uint8)
+    inside = big > 0
+    canvas[inside] = (5 + types[big[inside]]).astype(np.uint8)  # the dim fills, 6..10
+    marked_pixels = np.isin(big, marked) & inside
+    if mark == "cross":
+        rows, cols = np.indices(big.shape)
+        marked_pixels &= (rows + cols) % HATCH < HATCH // 2
+    canvas[marked_pixels] = MARK
+    marked = set(np.asarray(marked).tolist())
+    for number, box in enumerate(find_objects(big), start=1):
+        if box is None:
+            continue
+        top, left = box[0].start, box[1].start
+        mask = (big[box] == number).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(left, top))
+        if mark == "cross" and number in marked:
+            bottom, right = box[0].stop - 1, box[1].stop - 1
+            cv2.line(canvas, (left, top), (right, bottom), MARK, thickness=2)
+            cv2.line(canvas, (left, bottom), (right, top), MARK, thickness=2)
+        cv2.drawContours(canvas, contours, -1, int(types[number]), thickness=2)
+    return canvas
+
+
+def _save_palette(folder, name, canvas):
+    from PIL import Image
+
+    image = Image.fromarray(canvas, mode="P")
+    image.putpalette(_palette().ravel().tolist())
+    image.save(os.path.join(folder, name), optimize=True)
+    return name
+
+
+def _save_rgb(folder, name, rgb):
+    from PIL import Image
+
+    Image.fromarray(rgb).save(os.path.join(folder, name), optimize=True)
+    return name
+
+
+def read_truth(opened, position):
+    """(image uint8, builder's instance map, type of each number) of the split's row at position."""
+    fold, index = opened["rows"][position]
+    files = opened["files"][fold]
+    images, masks = pim.open_fold(files)
+    image, ids = pim.read_patch(images, masks, index, files)
+    _, instance, nuclei = pim.ids_to_labels(ids)
+    types = np.zeros(len(nuclei) + 1, dtype=np.int64)
+    types[[n["id"] for n in nuclei]] = [n["label"] + 1 for n in nuclei]
+    return image, instance.astype(np.int32), types
+
+
+def _legend(key):
+    swatches = "".join(
+        f'<span><svg width="14" height="14" aria-hidden="true"><rect x="1" y="1" width="12" height="12" '
+        f'fill="rgb{tuple(int(v * DIM) for v in COLORS[k + 1])}" stroke="rgb{tuple(COLORS[k + 1].tolist())}" '
+        f'stroke-width="2"/></svg> {name}</span>'
+        for k, name in enumerate(pim.NUCLEUS_CLASSES)
+    )
+    hatch = (
+        f'<svg width="16" height="16" aria-hidden="true"><defs><pattern id="hatch{key}" width="4" height="4" '
+        'patternUnits="userSpaceOnUse" patternTransform="rotate(-45)"><rect width="2" height="4" fill="white"/>'
+        f'</pattern></defs><rect width="16" height="16" fill="#333"/><rect width="16" height="16" fill="url(#hatch{key})"/>'
+        '<path d="M1 1L15 15M1 15L15 1" stroke="white" stroke-width="2"/></svg>'
+    )
+    fill = '<svg width="16" height="16" aria-hidden="true"><rect width="16" height="16" fill="#333"/>' + (
+        '<rect x="2" y="2" width="12" height="12" fill="white"/></svg>'
+    )
+    return (
+        f'<div class="legend">{swatches}<span>{hatch} missed (striped, crossed)</span>'
+        f"<span>{fill} spurious (solid white)</span></div>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The page's sections.
+# ---------------------------------------------------------------------------------------------
+
+
+def _info(label, result):
+    pred = result["pred"]
+    items = [
+        ("split", f"{result['split']} of config {result['config']}, {result['patches']} patches"),
+        ("prediction", pred["path"]),
+        ("layout", pred["layout"] + ("" if pred["classified"] else " (no classes)")),
+    ]
+    if "min_score" in pred:
+        items.append(("instances", f"min score {pred['min_score']:g}, max overlap {pred['max_overlap']:g}"))
+    if result.get("split_seed") is not None:
+        items.append(("split seed, ratios", f"{result['split_seed']}, {result['split_ratios']}"))
+    source = result["source"]
+    items.append(("source", "built-in sample (FAKE patches)" if source["sample"] else str(source["data_dir"])))
+    items.append(("F1 radius", f"{result['detection']['radius']:g} px"))
+    items.append(("version", result["version"]))
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
+    title = f"<h3>{html.escape(label)}</h3>" if label else ""
+    return f'{title}<dl data-run="{html.escape(label)}">{rows}</dl>'
+
+
+def _headline(runs):
+    first = runs[next(iter(runs))]["result"]
+    cards = "".join(
+        f'<div class="card">{_cell(_get(first, path), ".".join(path), next(iter(runs)), "b")}<span>{name}</span></div>'
+        for path, name in HEADLINE[:3]
+    )
+    head = [_th("")] + [_th(label) for label in runs]
+    rows = [
+        [_th(name)]
+        + [
+            _cell(_get(run["result"], path), ".".join(path), label, interval=_interval(run["result"], path))
+            for label, run in runs.items()
+        ]
+        for path, name in HEADLINE
+    ]
+    return f'<div class="cards">{cards}</div>' + _table(head, rows, "headline")
+
+
+def _classes(folder, prefix, runs):
+    chart, size = _class_chart(folder, f"{prefix}classes.png", runs)
+    head = [_th("class")] + [_th(f"{title} {label}".strip()) for label in runs for title in ("PQ", "F1")]
+    rows = [
+        [_th(name)]
+        + [
+            cell
+            for label, run in runs.items()
+            for cell in (
+                _cell(run["result"]["per_class"][name], f"per_class.{name}", label),
+                _cell(run["result"]["f1_per_class"][name], f"f1_per_class.{name}", label),
+            )
+        ]
+        for name in pim.NUCLEUS_CLASSES
+    ]
+    note = (
+        '<p class="note">PQ: mean over the patches where the class is present (the official script). F1: '
+        "HoVer-Net's per class, over the split's summed counts. DQ and SQ are not computed by evaluate.</p>"
+    )
+    return (
+        "<h3>Per class</h3>" + note
+        + f'<div class="row"><div>{_img(chart, "PQ and F1 per class", size)}</div>'
+        + f"<div>{_table(head, rows, 'classes')}</div></div>"
+    )  # fmt: skip
+
+
+def _tissues(folder, prefix, runs):
+    first = runs[next(iter(runs))]["result"]
+    order, key = _tissue_order(first)
+    empty = [t for t, v in first["per_tissue"].items() if not v["patches"]]
+    head = [_th("tissue"), _th("patches")] + [_th(f"{k} {label}".strip()) for label in runs for k in ("mPQ", "bPQ")]
+    rows = [
+        [_th(tissue), f'<td data-key="per_tissue.{tissue}.patches">{first["per_tissue"][tissue]["patches"]}</td>']
+        + [
+            _cell(run["result"]["per_tissue"][tissue][k], f"per_tissue.{tissue}.{k}", label)
+            for label, run in runs.items()
+            for k in ("mPQ", "bPQ")
+        ]
+        for tissue in order
+    ]
+    chart = ""
+    if order:
+        name, size = _tissue_chart(folder, f"{prefix}tissues.png", runs, order)
+        chart = f"<div>{_img(name, 'mPQ and bPQ per tissue', size)}</div>"
+    note = f"Sorted by {key}, worst first; each tissue's patch count in brackets."
+    if empty:
+        note += f" No patches of: {', '.join(empty)}."
+    return (
+        f'<h3>Per tissue</h3><p class="note">{html.escape(note)}</p>'
+        f'<div class="row">{chart}<div>{_table(head, rows, "tissues")}</div></div>'
+    )
+
+
+def _confusion(folder, prefix, label, run):
+    confusion = run["result"]["detection"].get("confusion")
+    title = f"<h3>Type confusion{' of ' + html.escape(label) if label else ''}</h3>"
+    if not run["result"]["pred"]["classified"]:
+        return title + '<p class="note">The prediction has no classes: no type confusion.</p>'
+    if confusion is None:
+        return title + '<p class="note">Not computed by this version of evaluate.</p>'
+    paired = np.asarray(confusion["paired"], dtype=np.int64)
+    chart, size = _confusion_chart(folder, f"{prefix}confusion.png", paired)
+    totals = paired.sum(axis=1)
+    head = [_th("true \\ predicted")] + [f'<th><abbr title="{t}">{SHORT[t]}</abbr></th>' for t in TYPE_LABELS]
+    rows = []
+    for i, true in enumerate(TYPE_LABELS):
+        row = [f'<th><abbr title="{true}">{SHORT[true]}</abbr></th>']
+        for j, pred in enumerate(TYPE_LABELS):
+            share = paired[i, j] / totals[i] if totals[i] else math.nan
+            row.append(
+                f'<td data-key="confusion.{true}.{pred}" data-run="{html.escape(label)}" data-value="{paired[i, j]}">'
+                f"{paired[i, j]}<small>{'' if math.isnan(share) else f'{100 * share:.0f}%'}</small></td>"
+            )
+        rows.append(row)
+    errors_head = [_th("class"), _th("missed"), _th("spurious")]
+    errors = [
+        [_th(name)]
+        + [
+            f'<td data-key="confusion.{kind}.{name}" data-run="{html.escape(label)}" '
+            f'data-value="{confusion[kind][name]}">{confusion[kind][name]}</td>'
+            for kind in ("missed", "spurious")
+        ]
+        for name in pim.NUCLEUS_CLASSES
+    ]
+    note = (
+        "Over HoVer-Net's pairs of true and predicted nuclei (the detection F1's pairing, centroids within "
+        "the radius): rows are the true type, columns the predicted type, each cell its count and its share "
+        "of the row. Missed: true nuclei left unpaired, by true type; spurious: predicted nuclei left "
+        "unpaired, by predicted type. Type none is HoVer-Net's dummy point of an empty side, or an untyped "
+        "prediction."
+    )
+    return (
+        title + f'<p class="note">{note}</p>'
+        + f'<div class="row"><div>{_img(chart, "type confusion matrix", size)}</div>'
+        + f'<div>{_table(head, rows, "confusion")}{_table(errors_head, errors, "unpaired")}</div></div>'
+    )  # fmt: skip
+
+
+def _patch_numbers(run, position):
+    """The caption of a gallery patch: its scores as --per-patch gives them."""
+    scores = run["scores"][position]
+    counts = dict(zip(detection.COUNT_COLUMNS, run["counts"][position].tolist()))
+    parts = [f"bPQ {_shown(scores[-1])}", f"mPQ {_shown(scores[-2])}"]
+    parts += [f"PQ {SHORT[n]} {_shown(scores[j])}" for j, n in enumerate(pim.NUCLEUS_CLASSES) if _finite(scores[j])]
+    parts.append(f"F1 pairs {counts['pairs']}, unpaired pred {counts['unpaired_pred']}, true {counts['unpaired_true']}")
+    return "; ".join(parts)
+
+
+def _gallery(folder, prefix, runs, count, drawn):
+    """Per run, the worst patches by bPQ and by each class's PQ; each patch drawn once per run (drawn: cache)."""
+    labels = list(runs)
+    first = runs[labels[0]]
+    lists = gallery_lists(first["scores"], count)
+    parts = [
+        "<h3>Gallery</h3>",
+        '<p class="note">Image, then the truth (the builder\'s instance map) and the prediction (the map that was '
+        "scored), each nucleus outlined in its class colour (OpenCV contours of the instance maps; overlaps "
+        "resolved as the binary maps of bPQ: the later channel on top). Missed: a true nucleus with no predicted "
+        f"nucleus of IoU &gt; {MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus "
+        "with no such true one. The lists: the patches with the lowest bPQ, and for each class those with its "
+        f"lowest PQ (patches without that class left out){'; chosen by ' + html.escape(labels[0]) if len(labels) > 1 else ''}.</p>",
+        _legend(prefix),
+    ]  # fmt: skip
+    panels = 1 + 2 * len(labels)
+    for name, positions in lists.items():
+        title = "lowest bPQ" if name == "bPQ" else f"lowest PQ {name}"
+        parts.append(f'<h3>{html.escape(title)}</h3><div data-list="{html.escape(name)}">')
+        if not positions:
+            parts.append('<p class="note">No patch of the split has this class in its truth.</p>')
+        for position in positions:
+            parts.append(_patch_figure(folder, prefix, runs, position, name, panels, drawn))
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _patch_figure(folder, prefix, runs, position, list_name, panels, drawn):
+    first = runs[next(iter(runs))]
+    fold, index = first["rows"][position]
+    patch = pim.patch_id(fold, index)
+    key = (prefix, position)
+    if key not in drawn:
+        image, true_map, true_types = read_truth(first["opened"], position)
+        names = [_save_rgb(folder, f"{prefix}{patch}.png", image)]
+        found = []
+        for k, run in enumerate(runs.values()):
+            pred_map, pred_types = collapse(run["opened"]["prediction"].read(position).channels)
+            missed, spurious = unmatched(true_map, pred_map)
+            truth = outline_panel(true_map, true_types, missed, "cross")
+            pred = outline_panel(pred_map, pred_types, spurious, "fill")
+            names.append(_save_palette(folder, f"{prefix}{patch}_truth{k}.png", truth))
+            names.append(_save_palette(folder, f"{prefix}{patch}_pred{k}.png", pred))
+            found.append((len(missed), len(spurious)))
+        drawn[key] = names, found
+    names, found = drawn[key]
+    size = image_size = (pim.PATCH_SIZE, pim.PATCH_SIZE)
+    cells = [f"<figure>{_img(names[0], f'{patch} image', image_size)}<figcaption>image</figcaption></figure>"]
+    captions = []
+    for k, (label, run) in enumerate(runs.items()):
+        missed, spurious = found[k]
+        suffix = f" {label}" if len(runs) > 1 else ""
+        cells.append(
+            f"<figure>{_img(names[1 + 2 * k], f'{patch} truth', size)}"
+            f"<figcaption>truth: {missed} missed{html.escape(suffix)}</figcaption></figure>"
+        )
+        cells.append(
+            f"<figure>{_img(names[2 + 2 * k], f'{patch} prediction', size)}"
+            f"<figcaption>prediction{html.escape(suffix)}: {spurious} spurious</figcaption></figure>"
+        )
+        captions.append(("" if len(runs) == 1 else f"{label}: ") + _patch_numbers(run, position))
+    value = first["scores"][position][-1 if list_name == "bPQ" else pim.NUCLEUS_CLASSES.index(list_name)]
+    tissue = first["tissues"][position]
+    numbers = "<br>".join(html.escape(c) for c in captions)
+    return (
+        f'<div class="patch" data-id="{patch}" data-position="{position}" data-value="{_data(value)}">'
+        f"<b>{patch}</b> ({html.escape(tissue)})<br><small>{numbers}</small>"
+        f'<div class="panels" style="--panels:{panels}">{"".join(cells)}</div></div>'
+    )
+
+
+def _protocol_table(summary, runs):
+    """Each split's headline, per-class and per-tissue numbers beside their mean and std."""
+    head = [_th("")] + [_th(label) for label in runs] + [_th("mean"), _th("std")]
+    keys = [(path, name) for path, name in HEADLINE]
+    keys += [(("per_class", n), f"PQ {n}") for n in pim.NUCLEUS_CLASSES]
+    keys += [(("f1_per_class", n), f"F1 {n}") for n in pim.NUCLEUS_CLASSES]
+    rows = []
+    for path, name in keys:
+        row = [_th(name)] + [_cell(_get(run["result"], path), ".".join(path), label) for label, run in runs.items()]
+        row += [_cell(_get(summary[s], path), ".".join(path), s) for s in ("mean", "std")]
+        rows.append(row)
+    tissues = [t for t in pim.TISSUES if _finite(summary["mean"]["per_tissue"][t]["mPQ"])
+               or _finite(summary["mean"]["per_tissue"][t]["bPQ"])]  # fmt: skip
+    for tissue in tissues:
+        for k in ("mPQ", "bPQ"):
+            path = ("per_tissue", tissue, k)
+            row = [_th(f"{k} {tissue}")]
+            row += [_cell(_get(run["result"], path), ".".join(path), label) for label, run in runs.items()]
+            row += [_cell(_get(summary[s], path), ".".join(path), s) for s in ("mean", "std")]
+            rows.append(row)
+    note = (
+        "The three splits' numbers, their mean and their population standard deviation (ddof 0); "
+        "a number one split does not have has no mean or std (n/a). Tissues without patches in every split are left out."
+    )
+    return f'<h2 id="protocol">Mean ± std over the splits</h2><p class="note">{note}</p>' + _table(
+        head, rows, "protocol"
+    )
+
+
+def _section(folder, prefix, title, runs, count, drawn):
+    anchor = html.escape(prefix.rstrip("_") or "run")
+    parts = [f'<section id="{anchor}"><h2>{html.escape(title)}</h2>']
+    parts += [_info(label if len(runs) > 1 else "", run["result"]) for label, run in runs.items()]
+    parts.append(_headline(runs))
+    parts.append(_classes(folder, prefix, runs))
+    parts.append(_tissues(folder, prefix, runs))
+    parts.append('<div class="row">')
+    parts += [f"<div>{_confusion(folder, f'{prefix}{k}_', label if len(runs) > 1 else '', run)}</div>"
+              for k, (label, run) in enumerate(runs.items())]  # fmt: skip
+    parts.append("</div>")
+    parts.append(_gallery(folder, prefix, runs, count, drawn))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render(folder, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PATCHES):
+    """The page's HTML, its pictures written into folder.
+
+    runs: {label: run}, each run as evaluate's score_split gives it plus "opened" (open_split's dict: the
+    rows' files and the Prediction, read again for the gallery). side_by_side: the runs are predictions of
+    the same split, shown as columns of one section; otherwise one section per run (the protocol's splits),
+    and summary (protocol_summary's {"mean", "std"}) after them.
+    """
+    drawn = {}
+    first = runs[next(iter(runs))]["result"]
+    if side_by_side:
+        sections = [_section(folder, "", f"Split {first['split']}", runs, patches, drawn)]
+    else:
+        sections = [
+            _section(folder, f"{label}_" if label else "", label or f"Split {first['split']}", {label: run},
+                     patches, drawn)
+            for label, run in runs.items()
+        ]  # fmt: skip
+    if summary is not None:
+        sections.append(_protocol_table(summary, runs))
+    nav = ""
+    if len(sections) > 1 and not side_by_side:
+        links = [f'<a href="#{html.escape(label)}">{html.escape(label)}</a>' for label in runs]
+        nav = "<p>" + " · ".join(links + (['<a href="#protocol">mean ± std</a>'] if summary else [])) + "</p>"
+    warn = ""
+    if first["source"]["sample"]:
+        warn = '<p class="warn">Scored on the built-in sample: FAKE patches, not PanNuke data.</p>'
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>evaluate report: {html.escape(first['split'])}</title><style>{CSS}</style></head><body>"
+        f"<h1>Where the prediction fails</h1>{warn}{nav}"
+        + "".join(sections)
+        + f'<p class="note">pannuke-imagemask {html.escape(first["version"])} evaluate --report.</p></body></html>\n'
+    )
+
+
+def write_report(out_dir, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PATCHES, force=False):
+    """Write out_dir/index.html and its PNGs (see render), beside out_dir first and renamed into place whole.
+
+    An existing non-empty out_dir is refused unless force; it is replaced only once the new one is complete.
+    """
+    out = os.path.abspath(out_dir)
+    refuse_non_empty(out, force, "replace")
+    with staging_dir(out) as tmp:
+        page = render(tmp, runs, side_by_side=side_by_side, summary=summary, patches=patches)
+        with open(os.path.join(tmp, PAGE), "w", encoding="utf-8") as f:
+            f.write(page)
+        refuse_non_empty(out, force, "replace")  # someone may have written there while we worked
+        replace_tree(tmp, out)
+    return out
