@@ -119,6 +119,12 @@ def _cell(value, key, run=None, tag="td", interval=None):
     return f"<{tag}{attrs}>{text}</{tag}>"
 
 
+def _count(value, key, run=None):
+    """A table cell of one count (an integer, exact as it is shown)."""
+    attrs = f' data-run="{html.escape(run)}"' if run is not None else ""
+    return f'<td data-key="{html.escape(key)}"{attrs} data-value="{int(value)}">{int(value)}</td>'
+
+
 def _table(head, rows, cls=""):
     """A table in a box that scrolls on its own if it must; head and rows are lists of ready cells."""
     thead = "<tr>" + "".join(head) + "</tr>"
@@ -298,14 +304,17 @@ def outline_panel(instance, types, marked, mark):
     for number, box in enumerate(find_objects(big), start=1):
         if box is None:
             continue
-        top, left = box[0].start, box[1].start
         mask = (big[box] == number).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(left, top))
-        if mark == "cross" and number in marked:
-            bottom, right = box[0].stop - 1, box[1].stop - 1
-            cv2.line(canvas, (left, top), (right, bottom), MARK, thickness=2)
-            cv2.line(canvas, (left, bottom), (right, top), MARK, thickness=2)
-        cv2.drawContours(canvas, contours, -1, int(types[number]), thickness=2)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if mark == "cross" and number in marked:  # both diagonals of its box, inside the nucleus
+            cross = np.zeros_like(mask)
+            bottom, right = mask.shape[0] - 1, mask.shape[1] - 1
+            cv2.line(cross, (0, 0), (right, bottom), 1, thickness=SCALE)
+            cv2.line(cross, (0, bottom), (right, 0), 1, thickness=SCALE)
+            canvas[box][(cross > 0) & (mask > 0)] = MARK
+        # Drawn 2 pixels wide, kept inside the nucleus: a neighbour's outline never covers this one's.
+        ring = cv2.drawContours(np.zeros_like(mask), contours, -1, 1, thickness=2 * SCALE - 1)
+        canvas[box][(ring > 0) & (mask > 0)] = types[number]
     return canvas
 
 
@@ -387,7 +396,8 @@ def _info(label, result):
 def _headline(runs):
     first = runs[next(iter(runs))]["result"]
     cards = "".join(
-        f'<div class="card">{_cell(_get(first, path), ".".join(path), next(iter(runs)), "b")}<span>{name}</span></div>'
+        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), next(iter(runs)), "b")}'
+        f"<span>{name}</span></div>"
         for path, name in HEADLINE[:3]
     )
     head = [_th("")] + [_th(label) for label in runs]
@@ -434,7 +444,7 @@ def _tissues(folder, prefix, runs):
     empty = [t for t, v in first["per_tissue"].items() if not v["patches"]]
     head = [_th("tissue"), _th("patches")] + [_th(f"{k} {label}".strip()) for label in runs for k in ("mPQ", "bPQ")]
     rows = [
-        [_th(tissue), f'<td data-key="per_tissue.{tissue}.patches">{first["per_tissue"][tissue]["patches"]}</td>']
+        [_th(tissue), _count(first["per_tissue"][tissue]["patches"], f"per_tissue.{tissue}.patches", next(iter(runs)))]
         + [
             _cell(run["result"]["per_tissue"][tissue][k], f"per_tissue.{tissue}.{k}", label)
             for label, run in runs.items()
@@ -455,9 +465,9 @@ def _tissues(folder, prefix, runs):
     )
 
 
-def _confusion(folder, prefix, label, run):
+def _confusion(folder, prefix, label, run, titled):
     confusion = run["result"]["detection"].get("confusion")
-    title = f"<h3>Type confusion{' of ' + html.escape(label) if label else ''}</h3>"
+    title = f"<h3>Type confusion{' of ' + html.escape(label) if titled else ''}</h3>"
     if not run["result"]["pred"]["classified"]:
         return title + '<p class="note">The prediction has no classes: no type confusion.</p>'
     if confusion is None:
@@ -479,11 +489,7 @@ def _confusion(folder, prefix, label, run):
     errors_head = [_th("class"), _th("missed"), _th("spurious")]
     errors = [
         [_th(name)]
-        + [
-            f'<td data-key="confusion.{kind}.{name}" data-run="{html.escape(label)}" '
-            f'data-value="{confusion[kind][name]}">{confusion[kind][name]}</td>'
-            for kind in ("missed", "spurious")
-        ]
+        + [_count(confusion[kind][name], f"confusion.{kind}.{name}", label) for kind in ("missed", "spurious")]
         for name in pim.NUCLEUS_CLASSES
     ]
     note = (
@@ -589,8 +595,9 @@ def _protocol_table(summary, runs):
     keys += [(("f1_per_class", n), f"F1 {n}") for n in pim.NUCLEUS_CLASSES]
     rows = []
     for path, name in keys:
-        row = [_th(name)] + [_cell(_get(run["result"], path), ".".join(path), label) for label, run in runs.items()]
-        row += [_cell(_get(summary[s], path), ".".join(path), s) for s in ("mean", "std")]
+        key = "protocol." + ".".join(path)
+        row = [_th(name)] + [_cell(_get(run["result"], path), key, label) for label, run in runs.items()]
+        row += [_cell(_get(summary[s], path), key, s) for s in ("mean", "std")]
         rows.append(row)
     tissues = [t for t in pim.TISSUES if _finite(summary["mean"]["per_tissue"][t]["mPQ"])
                or _finite(summary["mean"]["per_tissue"][t]["bPQ"])]  # fmt: skip
@@ -598,8 +605,9 @@ def _protocol_table(summary, runs):
         for k in ("mPQ", "bPQ"):
             path = ("per_tissue", tissue, k)
             row = [_th(f"{k} {tissue}")]
-            row += [_cell(_get(run["result"], path), ".".join(path), label) for label, run in runs.items()]
-            row += [_cell(_get(summary[s], path), ".".join(path), s) for s in ("mean", "std")]
+            key = "protocol." + ".".join(path)
+            row += [_cell(_get(run["result"], path), key, label) for label, run in runs.items()]
+            row += [_cell(_get(summary[s], path), key, s) for s in ("mean", "std")]
             rows.append(row)
     note = (
         "The three splits' numbers, their mean and their population standard deviation (ddof 0); "
@@ -618,7 +626,7 @@ def _section(folder, prefix, title, runs, count, drawn):
     parts.append(_classes(folder, prefix, runs))
     parts.append(_tissues(folder, prefix, runs))
     parts.append('<div class="row">')
-    parts += [f"<div>{_confusion(folder, f'{prefix}{k}_', label if len(runs) > 1 else '', run)}</div>"
+    parts += [f"<div>{_confusion(folder, f'{prefix}{k}_', label, run, len(runs) > 1)}</div>"
               for k, (label, run) in enumerate(runs.items())]  # fmt: skip
     parts.append("</div>")
     parts.append(_gallery(folder, prefix, runs, count, drawn))
