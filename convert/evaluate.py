@@ -31,7 +31,8 @@ from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .pool import WORKER, opened, run_tasks
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, MAX_PRED_ID, open_prediction
-from .report import DEFAULT_PATCHES as REPORT_PATCHES, write_report
+from .report import DEFAULT_PATCHES as REPORT_PATCHES
+from .report import write_report
 
 logger = logging.getLogger(__name__)
 

@@ -149,7 +149,7 @@ def _save(figure, folder, name):
     figure.savefig(os.path.join(folder, name), dpi=CHART_DPI)
     size = figure.get_size_inches() * CHART_DPI
     _pyplot().close(figure)
-    return name, (int(round(size[0])), int(round(size[1])))
+    return name, tuple(int(v) for v in np.rint(size))
 
 
 def _class_chart(folder, name, runs):
@@ -521,16 +521,16 @@ def _gallery(folder, prefix, runs, count, drawn):
     labels = list(runs)
     first = runs[labels[0]]
     lists = gallery_lists(first["scores"], count)
-    parts = [
-        "<h3>Gallery</h3>",
-        '<p class="note">Image, then the truth (the builder\'s instance map) and the prediction (the map that was '
-        "scored), each nucleus outlined in its class colour (OpenCV contours of the instance maps; overlaps "
-        "resolved as the binary maps of bPQ: the later channel on top). Missed: a true nucleus with no predicted "
-        f"nucleus of IoU &gt; {MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus "
-        "with no such true one. The lists: the patches with the lowest bPQ, and for each class those with its "
-        f"lowest PQ (patches without that class left out){'; chosen by ' + html.escape(labels[0]) if len(labels) > 1 else ''}.</p>",
-        _legend(prefix),
-    ]  # fmt: skip
+    chosen = f"; chosen by {html.escape(labels[0])}'s scores" if len(labels) > 1 else ""
+    note = (
+        "Image, then the truth (the builder's instance map) and the prediction (the map that was scored), each "
+        "nucleus outlined in its class colour (OpenCV contours of the instance maps; overlaps resolved as the "
+        "binary maps of bPQ: the later channel on top). Missed: a true nucleus with no predicted nucleus of "
+        f"IoU &gt; {MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus with no such "
+        "true one. The lists: the patches with the lowest bPQ, and for each class those with its lowest PQ "
+        f"(patches without that class left out){chosen}."
+    )
+    parts = ["<h3>Gallery</h3>", f'<p class="note">{note}</p>', _legend(prefix)]
     panels = 1 + 2 * len(labels)
     for name, positions in lists.items():
         title = "lowest bPQ" if name == "bPQ" else f"lowest PQ {name}"

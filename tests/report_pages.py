@@ -1,16 +1,21 @@
 """What the report tests share (tests/test_report.py, browser_tests/): a flawed prediction, the command's
 run, the page's numbers read back and the gallery expected from the per-patch CSV. Not from convert.report."""
 
+import contextlib
 import csv
 import json
 import math
 from html.parser import HTMLParser
 
+import f1_oracle
 import numpy as np
+import pytest
+from pannuke_fixtures import raw_fold
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-import f1_oracle
+from convert import detection
+from convert.__main__ import main
 
 CLASSES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 TYPES = ["none", *CLASSES]
@@ -154,3 +159,40 @@ def same(page_text, value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return got is None
     return got == value
+
+
+@contextlib.contextmanager
+def confusion_stand_in(masks, preds):
+    """result["detection"]["confusion"], which evaluate does not give yet, from the test's own oracle."""
+    stand_in = confusion_oracle(masks, preds)
+    summarize = detection.summarize
+
+    def with_confusion(counts, classified=True, radius=detection.RADIUS):
+        found = summarize(counts, classified, radius)
+        found["detection"]["confusion"] = stand_in
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(detection, "summarize", with_confusion)
+        yield stand_in
+
+
+def write_flawed(three_folds, folder):
+    """A flawed prediction of fake fold 1, saved as folder/pred.npy: {"masks", "preds", "path"}."""
+    _, masks, _ = raw_fold(three_folds, 1, "kaggle")
+    preds = flawed(masks)
+    np.save(folder / "pred.npy", preds)
+    return {"masks": np.asarray(masks), "preds": preds, "path": str(folder / "pred.npy")}
+
+
+def report_argv(three_folds, pred, out, patches, *extra):
+    argv = ["evaluate", "--pred", pred, "--data-dir", three_folds, "--config", "folds", "--split", "fold1"]
+    return [*argv, "--report", str(out), "--report-patches", str(patches), "--quiet", *extra]
+
+
+def run_report(three_folds, prediction, folder, patches):
+    """evaluate --report, --json and --per-patch of a flawed prediction: {"dir", "json", "csv"}."""
+    json_path, csv_path = folder / "result.json", folder / "patches.csv"
+    argv = report_argv(three_folds, prediction["path"], folder / "report", patches, "--json", str(json_path))
+    assert main([*argv, "--per-patch", str(csv_path)]) == 0
+    return {"dir": folder / "report", "json": read_json(json_path), "csv": csv_path}

@@ -8,19 +8,22 @@ import pytest
 from pannuke_fixtures import raw_fold
 from report_pages import (
     CLASSES,
-    confusion_oracle,
+    confusion_stand_in,
     expected_gallery,
     expected_numbers,
     flawed,
     page_value,
     read_json,
     read_page,
+    report_argv,
+    run_report,
     same,
+    write_flawed,
 )
 
 import pannuke_imagemask as pim
-from convert import detection, report
 from convert import evaluate as ev
+from convert import report
 from convert.__main__ import main
 
 PATCHES = 2
@@ -28,53 +31,36 @@ PATCHES = 2
 
 @pytest.fixture(scope="module")
 def flawed_fold1(three_folds, tmp_path_factory):
-    _, masks, _ = raw_fold(three_folds, 1, "kaggle")
-    preds = flawed(masks)
-    path = tmp_path_factory.mktemp("flawed") / "pred.npy"
-    np.save(path, preds)
-    return {"masks": np.asarray(masks), "preds": preds, "path": str(path)}
+    return write_flawed(three_folds, tmp_path_factory.mktemp("flawed"))
 
 
 @pytest.fixture(scope="module")
-def confusion_stand_in(flawed_fold1):
-    """result["detection"]["confusion"], which evaluate does not give yet, from the test's own oracle."""
-    stand_in = confusion_oracle(flawed_fold1["masks"], flawed_fold1["preds"])
-    summarize = detection.summarize
-
-    def with_confusion(counts, classified=True, radius=detection.RADIUS):
-        found = summarize(counts, classified, radius)
-        found["detection"]["confusion"] = stand_in
-        return found
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(detection, "summarize", with_confusion)
-        yield stand_in
+def stand_in(flawed_fold1):
+    with confusion_stand_in(flawed_fold1["masks"], flawed_fold1["preds"]) as confusion:
+        yield confusion
 
 
 def _argv(three_folds, pred, out, *extra):
-    argv = ["evaluate", "--pred", pred, "--data-dir", three_folds, "--config", "folds", "--split", "fold1"]
-    return [*argv, "--report", str(out), "--report-patches", str(PATCHES), "--quiet", *extra]
+    return report_argv(three_folds, pred, out, PATCHES, *extra)
 
 
 @pytest.fixture(scope="module")
-def reported(three_folds, flawed_fold1, confusion_stand_in, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reported")
-    json_path, csv_path = folder / "result.json", folder / "patches.csv"
-    argv = _argv(three_folds, flawed_fold1["path"], folder / "report", "--json", str(json_path))
-    assert main([*argv, "--per-patch", str(csv_path)]) == 0
-    return {"dir": folder / "report", "json": read_json(json_path), "csv": csv_path}
+def reported(three_folds, flawed_fold1, stand_in, tmp_path_factory):
+    return run_report(three_folds, flawed_fold1, tmp_path_factory.mktemp("reported"), PATCHES)
 
 
-def test_every_number_of_the_json_is_on_the_page_exactly(reported, confusion_stand_in):
+def test_every_number_of_the_json_is_on_the_page_exactly(reported, stand_in):
     page = read_page(reported["dir"] / "index.html")
     expected = expected_numbers(reported["json"])
-    assert reported["json"]["detection"]["confusion"] == confusion_stand_in
+    assert reported["json"]["detection"]["confusion"] == stand_in
     assert len(expected) == 3 + 6 + 10 + 2 * 2 + 36 + 10  # fold 1's fake patches are of two tissues
     for key, value in expected.items():
         assert same(page.values[key], value), key
     for tissue, t in reported["json"]["per_tissue"].items():
         assert page.values.get(("", f"per_tissue.{tissue}.patches")) == (str(t["patches"]) if t["patches"] else None)
-    assert sorted(page.values) == sorted([*expected, ("", "per_tissue.Breast.patches"), ("", "per_tissue.Skin.patches")])
+    assert sorted(page.values) == sorted(
+        [*expected, ("", "per_tissue.Breast.patches"), ("", "per_tissue.Skin.patches")]
+    )
 
 
 def test_the_gallery_shows_the_lowest_patches_of_the_per_patch_scores(reported):
@@ -138,7 +124,9 @@ def _unmatched_by_hand(true_map, pred_map):
             a, b = true_map == t, pred_map == p
             if (a & b).sum() / (a | b).sum() > 0.5:
                 pairs.add((t, p))
-    return [t for t in true_ids if t not in {t for t, _ in pairs}], [p for p in pred_ids if p not in {p for _, p in pairs}]
+    return [t for t in true_ids if t not in {t for t, _ in pairs}], [
+        p for p in pred_ids if p not in {p for _, p in pairs}
+    ]
 
 
 def test_missed_and_spurious_are_the_nuclei_without_a_partner_of_iou_above_one_half(flawed_fold1):
@@ -269,7 +257,7 @@ def test_the_protocol_has_a_section_per_split_and_the_mean_and_std(three_folds, 
         assert f'data-list="bPQ"><div class="patch" data-id="{worst[2]}"' in text.split(f'<section id="{label}">')[1]
 
 
-def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, confusion_stand_in, tmp_path):
+def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, stand_in, tmp_path):
     """write_report with two runs of one split: a column per prediction, both predictions beside each patch."""
     runs = {}
     for label, pred in (("A", flawed_fold1["path"]), ("B", flawed_fold1["path"])):
@@ -283,7 +271,7 @@ def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, confu
     page = read_page(tmp_path / "report" / "index.html")
     for label in ("A", "B"):
         assert same(page.values[(label, "mPQ")], runs[label]["result"]["mPQ"])
-        assert page_value(page.values[(label, "confusion.none.none")]) == confusion_stand_in["paired"][0][0]
+        assert page_value(page.values[(label, "confusion.none.none")]) == stand_in["paired"][0][0]
     text = (tmp_path / "report" / "index.html").read_text()
     assert text.count('<section id="run">') == 1 and "--panels:5" in text
     assert len(page.images) == 2 + 2 + 6 * 5  # charts, two confusion charts, six lists of 1 patch x 5 panels

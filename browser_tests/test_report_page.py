@@ -1,0 +1,91 @@
+"""evaluate --report's page as Chromium shows it: images load, no console error, the numbers of --json, the
+gallery of --per-patch, nothing wider than a 390 px phone, and a screenshot that is not blank."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from report_pages import confusion_stand_in, expected_gallery, expected_numbers, run_report, same, write_flawed
+
+PATCHES = 3  # the command's default
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+DESKTOP = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+
+
+@pytest.fixture(scope="module")
+def reported(three_folds, tmp_path_factory):
+    prediction = write_flawed(three_folds, tmp_path_factory.mktemp("flawed"))
+    with confusion_stand_in(prediction["masks"], prediction["preds"]):
+        return run_report(three_folds, prediction, tmp_path_factory.mktemp("reported"), PATCHES)
+
+
+def _open(browser, reported, metrics):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    browser.get((reported["dir"] / "index.html").as_uri())
+    browser.get_log("browser")  # what earlier pages logged is not this one's
+    browser.refresh()
+    assert browser.execute_script("return document.readyState") == "complete"
+
+
+def test_every_image_loads_and_nothing_is_logged_as_an_error(browser, reported):
+    _open(browser, reported, DESKTOP)
+    images = browser.execute_script(
+        "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+    )
+    assert len(images) > 20
+    assert [src for src, complete, width in images if not (complete and width > 0)] == []
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+
+
+def test_the_numbers_shown_are_those_of_the_json(browser, reported):
+    _open(browser, reported, DESKTOP)
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('[data-key][data-value]'), e => "
+        "[e.dataset.run || '', e.dataset.key, e.dataset.value, e.innerText])"
+    )
+    values = {(run, key): (value, text) for run, key, value, text in shown}
+    expected = expected_numbers(reported["json"])
+    assert set(expected) <= set(values)
+    for key, number in expected.items():
+        value, text = values[key]
+        assert same(value, number), key
+        rounded = "n/a" if number is None else (str(number) if isinstance(number, int) else f"{number:.4f}")
+        assert text.split()[0] == rounded, key  # what a reader sees is the number rounded
+
+
+def test_the_gallery_shows_the_worst_patches_of_the_per_patch_scores(browser, reported):
+    _open(browser, reported, DESKTOP)
+    lists = browser.execute_script(
+        "const out = {}; for (const list of document.querySelectorAll('[data-list]'))"
+        " out[list.dataset.list] = Array.from(list.querySelectorAll('[data-id]'), e => e.dataset.id); return out"
+    )
+    assert lists == expected_gallery(reported["csv"], PATCHES)
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('[data-list] [data-id] img'), i => i.naturalWidth > 0 && "
+        "i.getBoundingClientRect().width > 100)"
+    )
+    assert len(shown) == 3 * sum(len(ids) for ids in lists.values()) and all(shown)
+
+
+def test_at_390_px_nothing_is_wider_than_the_page_and_the_screenshot_is_not_blank(
+    browser, reported, tmp_path_factory
+):
+    _open(browser, reported, PHONE)
+    width = browser.execute_script("return window.innerWidth")
+    assert width == PHONE["width"]
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+    too_wide = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table, img, svg, figure, dl, .box'), e => "
+        "[e.tagName, e.getAttribute('src') || e.className, e.getBoundingClientRect().left, "
+        "e.getBoundingClientRect().right]).filter(([t, n, left, right]) => left < 0 || right > arguments[0])",
+        width,
+    )
+    assert too_wide == []
+    # The whole page, at phone width, kept with the test's temporary files (CI keeps them as an artefact).
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**PHONE, "height": min(height, 16000)})
+    path = tmp_path_factory.mktemp("screenshots") / "report-390px.png"
+    assert browser.save_screenshot(str(path))
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    assert pixels.shape[1] == PHONE["width"] and pixels.shape[0] > 2000
+    assert pixels.std() > 20  # not blank: text, charts and patches
