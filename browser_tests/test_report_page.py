@@ -67,9 +67,7 @@ def test_the_gallery_shows_the_worst_patches_of_the_per_patch_scores(browser, re
     assert len(shown) == 3 * sum(len(ids) for ids in lists.values()) and all(shown)
 
 
-def test_at_390_px_nothing_is_wider_than_the_page_and_the_screenshot_is_not_blank(
-    browser, reported, tmp_path_factory
-):
+def test_at_390_px_nothing_is_wider_than_the_page_and_the_screenshot_is_not_blank(browser, reported, tmp_path_factory):
     _open(browser, reported, PHONE)
     width = browser.execute_script("return window.innerWidth")
     assert width == PHONE["width"]

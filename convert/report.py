@@ -323,7 +323,7 @@ def _save_palette(folder, name, canvas):
 
     image = Image.fromarray(canvas, mode="P")
     image.putpalette(_palette().ravel().tolist())
-    image.save(os.path.join(folder, name), optimize=True)
+    image.save(os.path.join(folder, name))
     return name
 
 
