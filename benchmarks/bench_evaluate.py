@@ -379,7 +379,9 @@ def main(argv=None):
         f"evaluate --num-proc 1 --report DIR, in this process ({r['report_patches_drawn']} patches drawn, "
         f"{r['report_bytes'] / 1e6:.1f} MB)"
     )
-    lines.append(line(name, r["evaluate_report"], n / r["evaluate_report"]["seconds"], f"+{added:.2f} s for the report"))
+    lines.append(
+        line(name, r["evaluate_report"], n / r["evaluate_report"]["seconds"], f"+{added:.2f} s for the report")
+    )
 
     if args.official:
         inputs = official_inputs(args.workdir, paths, pred_path, n)
