@@ -47,7 +47,7 @@ padding:0 12px 40px}
 h1{font-size:1.5em;margin:.8em 0 .2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:2px solid #ddd}
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 img{max-width:100%;height:auto;display:block}
-.note{color:#555;font-size:.9em;max-width:60em}
+.note{color:#555;font-size:.9em;max-width:60em}\n.glance{margin:6px 0 10px;padding-left:1.2em}
 .warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}
 .box{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums;margin:4px 0 12px}
@@ -393,6 +393,44 @@ def _info(label, result):
     return f'{title}<dl data-run="{html.escape(label)}">{rows}</dl>'
 
 
+def _lowest(values):
+    """The key of the lowest finite value of a dict (first in order on ties), or None."""
+    finite = [(value, k, key) for k, (key, value) in enumerate(values.items()) if _finite(value)]
+    return min(finite)[2] if finite else None
+
+
+def _glance(run):
+    """Where the run fails, in sentences: the weakest class, tissue and patch, the commonest confusion."""
+    result = run["result"]
+    items = []
+    name = _lowest(result["per_class"])
+    if name:
+        items.append(f"weakest class: {name} (PQ {_shown(result['per_class'][name])}, "
+                     f"F1 {_shown(result['f1_per_class'][name])})")  # fmt: skip
+    order, key = _tissue_order(result)
+    if order and _finite(result["per_tissue"][order[0]][key]):
+        tissue = result["per_tissue"][order[0]]
+        items.append(f"weakest tissue: {order[0]} ({key} {_shown(tissue[key])} over {tissue['patches']} patches)")
+    confusion = result["detection"].get("confusion")
+    if confusion and result["pred"]["classified"]:
+        paired = np.asarray(confusion["paired"], dtype=np.int64)[1:, 1:]  # the classes, not HoVer-Net's type 0
+        wrong = paired - np.diag(np.diag(paired))
+        if wrong.any():
+            i, j = np.unravel_index(np.argmax(wrong), wrong.shape)
+            items.append(f"commonest confusion: true {pim.NUCLEUS_CLASSES[i]} predicted {pim.NUCLEUS_CLASSES[j]}, "
+                         f"{wrong[i, j]} of {paired[i].sum()} paired")  # fmt: skip
+        for kind, says in (("missed", "true nuclei unpaired"), ("spurious", "predicted nuclei unpaired")):
+            counts = confusion[kind]
+            if any(counts.values()):
+                most = max(counts, key=lambda c: (counts[c], -pim.NUCLEUS_CLASSES.index(c)))
+                items.append(f"most {kind}: {most} ({counts[most]} {says})")
+    bpq = np.asarray(run["scores"], dtype=np.float64)[:, -1]
+    if (~np.isnan(bpq)).any():
+        worst = int(np.nanargmin(bpq))
+        items.append(f"worst patch: {pim.patch_id(*run['rows'][worst])} (bPQ {_shown(bpq[worst])})")
+    return "".join(f"<li>{html.escape(item)}</li>" for item in items)
+
+
 def _headline(runs):
     first = runs[next(iter(runs))]["result"]
     cards = "".join(
@@ -409,7 +447,11 @@ def _headline(runs):
         ]
         for path, name in HEADLINE
     ]
-    return f'<div class="cards">{cards}</div>' + _table(head, rows, "headline")
+    glance = "".join(
+        ("" if len(runs) == 1 else f"<p><b>{html.escape(label)}</b></p>") + f'<ul class="glance">{_glance(run)}</ul>'
+        for label, run in runs.items()
+    )
+    return f'<div class="cards">{cards}</div>{glance}' + _table(head, rows, "headline")
 
 
 def _classes(folder, prefix, runs):

@@ -63,6 +63,32 @@ def test_every_number_of_the_json_is_on_the_page_exactly(reported, stand_in):
     )
 
 
+def test_the_page_says_where_it_fails_at_a_glance(reported, stand_in):
+    result = reported["json"]
+    text = (reported["dir"] / "index.html").read_text()
+    glance = text[text.index('<ul class="glance">') :].split("</ul>")[0]
+    weakest = min(CLASSES, key=lambda c: result["per_class"][c])
+    tissue = min(
+        (t for t, v in result["per_tissue"].items() if v["patches"]), key=lambda t: result["per_tissue"][t]["mPQ"]
+    )
+    paired = np.array(stand_in["paired"])[1:, 1:]
+    off = [(paired[i, j], i, j) for i in range(5) for j in range(5) if i != j]
+    count, i, j = max(off)
+    assert sorted(off)[-2][0] < count  # one commonest confusion: no tie to break
+    with open(reported["csv"], newline="") as f:
+        worst = min((float(r["bPQ"]), r["id"]) for r in csv.DictReader(f) if r["bPQ"])
+    assert glance.count("<li>") == 6
+    assert f"<li>weakest class: {weakest} (PQ {result['per_class'][weakest]:.4f}" in glance
+    assert f"<li>weakest tissue: {tissue} (mPQ {result['per_tissue'][tissue]['mPQ']:.4f}" in glance
+    assert (
+        f"<li>commonest confusion: true {CLASSES[i]} predicted {CLASSES[j]}, {count} of {paired[i].sum()} paired"
+        in glance
+    )
+    assert f"<li>worst patch: {worst[1]} (bPQ {worst[0]:.4f})</li>" in glance
+    missed = max(stand_in["missed"].values())
+    assert "<li>most missed: " in glance and f" ({missed} true nuclei unpaired)</li>" in glance
+
+
 def test_the_gallery_shows_the_lowest_patches_of_the_per_patch_scores(reported):
     page = read_page(reported["dir"] / "index.html")
     expected = expected_gallery(reported["csv"], PATCHES)
