@@ -47,7 +47,7 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
-from convert.evaluate import SCORE_COLUMNS
+from convert.results import SCORE_COLUMNS
 from convert.sample import fold_paths, write_fold
 
 # Runs the official run.py as its own __main__, with docopt's one call answered from our argv.

@@ -4,7 +4,7 @@ gallery of --per-patch, nothing wider than a 390 px phone, and a screenshot that
 import numpy as np
 import pytest
 from PIL import Image
-from report_pages import confusion_stand_in, expected_gallery, expected_numbers, run_report, same, write_flawed
+from report_pages import expected_gallery, expected_numbers, run_report, same, write_flawed
 
 PATCHES = 3  # the command's default
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
@@ -13,9 +13,29 @@ DESKTOP = {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False
 
 @pytest.fixture(scope="module")
 def reported(three_folds, tmp_path_factory):
+    """The command's report of a flawed prediction with --bootstrap (intervals on the page) and --metrics all."""
     prediction = write_flawed(three_folds, tmp_path_factory.mktemp("flawed"))
-    with confusion_stand_in(prediction["masks"], prediction["preds"]):
-        return run_report(three_folds, prediction, tmp_path_factory.mktemp("reported"), PATCHES)
+    folder = tmp_path_factory.mktemp("reported")
+    return run_report(three_folds, prediction, folder, PATCHES, "--bootstrap", "100", "--metrics", "all")
+
+
+def _interval(result, key):
+    """The --json interval of a page key, where --bootstrap computed one (the key's number's family and path)."""
+    paths = {"mPQ": ("pannuke", "mPQ"), "bPQ": ("pannuke", "bPQ")}
+    if key.startswith("detection."):
+        paths[key] = ("hovernet", key.split(".")[1])
+    if key.startswith("per_class."):
+        paths[key] = ("pannuke", "per_class", key.split(".")[1], "PQ")
+    if key.startswith("f1_per_class."):
+        paths[key] = ("hovernet", "per_class", key.split(".")[1])
+    if key.startswith("metrics.") and key.count(".") >= 2:
+        paths[key] = tuple(key.split(".")[1:])
+    found = result["intervals"]["values"]
+    for part in paths.get(key, ("-",)):
+        if part not in found:
+            return None
+        found = found[part]
+    return found
 
 
 def _open(browser, reported, metrics):
@@ -46,11 +66,20 @@ def test_the_numbers_shown_are_those_of_the_json(browser, reported):
     values = {(run, key): (value, text) for run, key, value, text in shown}
     expected = expected_numbers(reported["json"])
     assert set(expected) <= set(values)
+    intervals = 0
     for key, number in expected.items():
         value, text = values[key]
         assert same(value, number), key
-        rounded = "n/a" if number is None else (str(number) if isinstance(number, int) else f"{number:.4f}")
+        interval = _interval(reported["json"], key[1])
+        if interval is not None:  # shown in brackets under the number, and in data-low / data-high
+            assert text.split()[1:] == [f"[{interval[0]:.4f},", f"{interval[1]:.4f}]"], key
+            intervals += 1
+        count = key[1].startswith("confusion.")  # counts, shown whole (--json holds them as floats)
+        rounded = "n/a" if number is None else (str(int(number)) if count else f"{number:.4f}")
         assert text.split()[0] == rounded, key  # what a reader sees is the number rounded
+    # The headline, PQ, DQ, SQ and F1 per class, --metrics all's second block (pannuke 4, hovernet_inst 6,
+    # cellvit 4, conic 3).
+    assert intervals == 6 + 4 * 5 + 17
 
 
 def test_the_gallery_shows_the_worst_patches_of_the_per_patch_scores(browser, reported):

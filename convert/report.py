@@ -14,27 +14,30 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import detection
+from . import metrics, panoptic, results
 from .common import refuse_non_empty, staging_dir
 from .export import replace_tree
 from .pictures import COLORS, _pyplot
+from .scoring import truth_ids
 
 PAGE = "index.html"
 DEFAULT_PATCHES = 3  # gallery patches per list (the worst by bPQ, and per class)
-MATCH_IOU = 0.5  # missed and spurious: no partner of IoU strictly above this, as bPQ pairs nuclei
 SCALE = 2  # outline panels are drawn at twice the patch's size, so that a 1-pixel nucleus edge stays visible
 HATCH = 4  # pixels between the stripes of a missed nucleus (at SCALE)
 CHART_DPI = 100
-# Outline panels are palette PNGs: background, the five class colours, their dim fills, white marks.
-BACKGROUND, MARK = 0, 11
+# Outline panels are palette PNGs: background, the five class colours, their dim fills, white marks, and grey
+# for the nuclei of a prediction without classes (outline, fill).
+BACKGROUND, MARK, UNTYPED, UNTYPED_FILL = 0, 11, 12, 13
+OUTLINE = np.array([UNTYPED, 1, 2, 3, 4, 5], dtype=np.uint8)  # by HoVer-Net type 0..5
+FILL = np.array([UNTYPED_FILL, 6, 7, 8, 9, 10], dtype=np.uint8)
 DIM = 0.35  # a nucleus' inside: its class colour at this brightness, its outline at full
-HEADLINE = [  # (key path in the result, label)
-    (("mPQ",), "mPQ"),
-    (("bPQ",), "bPQ"),
-    (("detection", "f1"), "detection F1"),
-    (("detection", "precision"), "precision"),
-    (("detection", "recall"), "recall"),
-    (("detection", "type_accuracy"), "type accuracy"),
+HEADLINE = [  # (key path in the result, label, family and path of its interval and comparison)
+    (("mPQ",), "mPQ", "pannuke", ("mPQ",)),
+    (("bPQ",), "bPQ", "pannuke", ("bPQ",)),
+    (("detection", "f1"), "detection F1", "hovernet", ("f1",)),
+    (("detection", "precision"), "precision", "hovernet", ("precision",)),
+    (("detection", "recall"), "recall", "hovernet", ("recall",)),
+    (("detection", "type_accuracy"), "type accuracy", "hovernet", ("type_accuracy",)),
 ]
 TYPE_LABELS = ["none", *pim.NUCLEUS_CLASSES]  # HoVer-Net's type ids 0..5
 SHORT = {"none": "none", "neoplastic": "neo", "inflammatory": "infl", "connective": "conn", "dead": "dead",
@@ -97,14 +100,27 @@ def _get(result, path):
     return result
 
 
-def _interval(result, path):
-    """(low, high) of result["intervals"] at the same key path as the number, where evaluate computed one."""
-    found = result.get("intervals")
-    for key in path:
-        if not isinstance(found, dict) or key not in found:
-            return None
-        found = found[key]
-    return tuple(found) if found is not None and len(found) == 2 else None
+def _interval(result, family, path):
+    """(low, high) of the number at path of a family's numbers, where --bootstrap computed intervals."""
+    found = results._get(result.get("intervals", {}), ("values", family, *path))
+    return tuple(found) if found is not None else None
+
+
+def second_block(result):
+    """(label, family, path) of each number of --metrics' second block that the result has (results.SECOND_BLOCK)."""
+    rows = []
+    for label, family, paths in results.SECOND_BLOCK:
+        if family in result["metrics"]:
+            first, *others = label.split(" / ")
+            prefix, name = first.rsplit(" ", 1)
+            rows += [(f"{prefix} {n}", family, path) for n, path in zip([name, *others], paths)]
+    return rows
+
+
+def _confusion_of(result):
+    """{"paired" 6 x 6, "missed", "spurious"} counts of HoVer-Net's pairing, from the hovernet numbers."""
+    hovernet = result["metrics"]["hovernet"]
+    return {"paired": hovernet["confusion"]["paired"], "missed": hovernet["missed"], "spurious": hovernet["spurious"]}
 
 
 def _cell(value, key, run=None, tag="td", interval=None):
@@ -245,48 +261,45 @@ def gallery_lists(scores, count):
     return lists
 
 
-def collapse(channels):
-    """(instance map (H, W), type of each number 1..n as HoVer-Net's 1..5) of (H, W, >=5) class channels.
+def patch_pictures(run, position):
+    """(image, PatchMaps, missed true numbers, spurious predicted numbers) of the split's row at position.
 
-    The builder's rule for instance_mask: later channels painted over earlier ones, each (channel, id) pair
-    with pixels left one nucleus, numbered in (channel, id) order; a nucleus wholly covered is gone.
+    The maps are those that were scored: the patch matched again as scoring matched it (panoptic.match of
+    the checked truth and the Prediction reader's channels), as metrics.patch_maps draws its binary maps
+    (the later channel on top; the truth's is the builder's instance_mask). Missed and spurious: the nuclei
+    of those maps without a partner of IoU > 0.5 (panoptic.matched), as bPQ pairs them.
     """
-    top = np.full(channels.shape[:2], -1, dtype=np.int64)
-    ids = np.zeros(channels.shape[:2], dtype=np.int64)
-    for channel in range(pim.NUM_CLASS_CHANNELS):
-        present = channels[..., channel] != 0
-        top[present] = channel
-        ids[present] = channels[..., channel][present]
-    foreground = top >= 0
-    keys, number = np.unique(top[foreground] * (int(ids.max(initial=0)) + 1) + ids[foreground], return_inverse=True)
-    instance = np.zeros(channels.shape[:2], dtype=np.int32)
-    instance[foreground] = number.ravel() + 1
-    types = np.concatenate([[0], keys // (int(ids.max(initial=0)) + 1) + 1]).astype(np.int64)
-    return instance, types
+    fold, index = run["rows"][position]
+    files = run["files"][fold]
+    images, masks = pim.open_fold(files)
+    truth = truth_ids(masks[index], where=f"{files['masks']}: patch {index}")
+    image = pim.image_to_uint8(images[index], where=f"{files['images']}: patch {index}")
+    matching = panoptic.match(truth, run["prediction"].read(position).channels)
+    maps = metrics.patch_maps(matching, run["prediction"].classified)
+    true_matched, pred_matched, _ = panoptic.matched(matching.binary_pairs)
+    missed = np.setdiff1d(np.unique(maps.true_instance[maps.true_instance > 0]), true_matched)
+    spurious = np.setdiff1d(np.unique(maps.pred_instance[maps.pred_instance > 0]), pred_matched)
+    return image, maps, missed, spurious
 
 
-def unmatched(true_map, pred_map):
-    """(true numbers without a partner, predicted numbers without a partner): partners have IoU > 0.5."""
-    both = (true_map > 0) & (pred_map > 0)
-    pairs, inter = np.unique(np.stack([true_map[both], pred_map[both]]), axis=1, return_counts=True)
-    true_area = np.bincount(true_map.ravel())
-    pred_area = np.bincount(pred_map.ravel())
-    iou = inter / (true_area[pairs[0]] + pred_area[pairs[1]] - inter)
-    matched = pairs[:, iou > MATCH_IOU]
-    true_left = np.setdiff1d(np.flatnonzero(true_area[1:]) + 1, matched[0])
-    pred_left = np.setdiff1d(np.flatnonzero(pred_area[1:]) + 1, matched[1])
-    return true_left, pred_left
+def number_types(instance, semantic):
+    """The class (1..5) of each number 0..max of an instance map, from its semantic map (0 where absent)."""
+    types = np.zeros(int(instance.max(initial=0)) + 1, dtype=np.int64)
+    types[instance] = semantic
+    types[0] = 0
+    return types
 
 
 def _palette():
     dim = (COLORS[1:].astype(np.float64) * DIM).astype(np.uint8)
-    return np.concatenate([COLORS[:1], COLORS[1:], dim, [[255, 255, 255]]]).astype(np.uint8)
+    grey = [[160, 160, 160], [56, 56, 56]]  # a nucleus without a class: outline, fill
+    return np.concatenate([COLORS[:1], COLORS[1:], dim, [[255, 255, 255]], grey]).astype(np.uint8)
 
 
 def outline_panel(instance, types, marked, mark):
     """A palette image (H*SCALE, W*SCALE) of an instance map: each nucleus filled dim and outlined in its class
-    colour (OpenCV contours); the marked numbers striped and crossed (mark "cross": missed) or filled white
-    ("fill": spurious), so that the two read apart without colour.
+    colour (types: HoVer-Net's 1..5 per number, 0 grey: no class; OpenCV contours); the marked numbers striped
+    and crossed (mark "cross": missed) or filled white ("fill": spurious), so that they read apart without colour.
     """
     import cv2
     from scipy.ndimage import find_objects
@@ -294,7 +307,7 @@ def outline_panel(instance, types, marked, mark):
     big = np.kron(instance, np.ones((SCALE, SCALE), dtype=instance.dtype))
     canvas = np.zeros(big.shape, dtype=np.uint8)
     inside = big > 0
-    canvas[inside] = (5 + types[big[inside]]).astype(np.uint8)  # the dim fills, 6..10
+    canvas[inside] = FILL[types[big[inside]]]
     marked_pixels = np.isin(big, marked) & inside
     if mark == "cross":
         rows, cols = np.indices(big.shape)
@@ -314,7 +327,7 @@ def outline_panel(instance, types, marked, mark):
             canvas[box][(cross > 0) & (mask > 0)] = MARK
         # Drawn 2 pixels wide, kept inside the nucleus: a neighbour's outline never covers this one's.
         ring = cv2.drawContours(np.zeros_like(mask), contours, -1, 1, thickness=2 * SCALE - 1)
-        canvas[box][(ring > 0) & (mask > 0)] = types[number]
+        canvas[box][(ring > 0) & (mask > 0)] = OUTLINE[types[number]]
     return canvas
 
 
@@ -332,18 +345,6 @@ def _save_rgb(folder, name, rgb):
 
     Image.fromarray(rgb).save(os.path.join(folder, name), optimize=True)
     return name
-
-
-def read_truth(opened, position):
-    """(image uint8, builder's instance map, type of each number) of the split's row at position."""
-    fold, index = opened["rows"][position]
-    files = opened["files"][fold]
-    images, masks = pim.open_fold(files)
-    image, ids = pim.read_patch(images, masks, index, files)
-    _, instance, nuclei = pim.ids_to_labels(ids)
-    types = np.zeros(len(nuclei) + 1, dtype=np.int64)
-    types[[n["id"] for n in nuclei]] = [n["label"] + 1 for n in nuclei]
-    return image, instance.astype(np.int32), types
 
 
 def _legend(key):
@@ -411,9 +412,9 @@ def _glance(run):
     if order and _finite(result["per_tissue"][order[0]][key]):
         tissue = result["per_tissue"][order[0]]
         items.append(f"weakest tissue: {order[0]} ({key} {_shown(tissue[key])} over {tissue['patches']} patches)")
-    confusion = result["detection"].get("confusion")
-    if confusion and result["pred"]["classified"]:
-        paired = np.asarray(confusion["paired"], dtype=np.int64)[1:, 1:]  # the classes, not HoVer-Net's type 0
+    confusion = _confusion_of(result)
+    if result["pred"]["classified"]:
+        paired = np.rint(confusion["paired"]).astype(np.int64)[1:, 1:]  # the classes, not HoVer-Net's type 0
         wrong = paired - np.diag(np.diag(paired))
         if wrong.any():
             i, j = np.unravel_index(np.argmax(wrong), wrong.shape)
@@ -423,7 +424,7 @@ def _glance(run):
             counts = confusion[kind]
             if any(counts.values()):
                 most = max(counts, key=lambda c: (counts[c], -pim.NUCLEUS_CLASSES.index(c)))
-                items.append(f"most {kind}: {most} ({counts[most]} {says})")
+                items.append(f"most {kind}: {most} ({int(counts[most])} {says})")
     bpq = np.asarray(run["scores"], dtype=np.float64)[:, -1]
     if (~np.isnan(bpq)).any():
         worst = int(np.nanargmin(bpq))
@@ -431,52 +432,82 @@ def _glance(run):
     return "".join(f"<li>{html.escape(item)}</li>" for item in items)
 
 
-def _headline(runs):
-    first = runs[next(iter(runs))]["result"]
+def _headline(runs, comparison):
+    """The big numbers, at a glance, and the table of the headline (and --metrics' second block) per run; with
+    a comparison, each number's difference, its interval and p-value."""
+    label0 = next(iter(runs))
+    first = runs[label0]["result"]
     cards = "".join(
-        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), next(iter(runs)), "b")}'
-        f"<span>{name}</span></div>"
-        for path, name in HEADLINE[:3]
+        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), label0, "b")}<span>{name}</span></div>'
+        for path, name, _, _ in HEADLINE[:3]
     )
-    head = [_th("")] + [_th(label) for label in runs]
-    rows = [
-        [_th(name)]
-        + [
-            _cell(_get(run["result"], path), ".".join(path), label, interval=_interval(run["result"], path))
-            for label, run in runs.items()
-        ]
-        for path, name in HEADLINE
-    ]
     glance = "".join(
         ("" if len(runs) == 1 else f"<p><b>{html.escape(label)}</b></p>") + f'<ul class="glance">{_glance(run)}</ul>'
         for label, run in runs.items()
     )
-    return f'<div class="cards">{cards}</div>{glance}' + _table(head, rows, "headline")
+    numbers = [(path, name, family, inner) for path, name, family, inner in HEADLINE]
+    numbers += [(("metrics", family, *inner), name, family, inner) for name, family, inner in second_block(first)]
+    head = [_th("")] + [_th(label) for label in runs]
+    if comparison is not None:
+        head += [_th("difference"), _th("p")]
+    rows = []
+    for path, name, family, inner in numbers:
+        row = [_th(name)]
+        for label, run in runs.items():
+            interval = _interval(run["result"], family, inner)
+            row.append(_cell(_get(run["result"], path), ".".join(path), label, interval=interval))
+        if comparison is not None:
+            found = results._get(comparison["values"], (family, *inner))
+            row.append(_cell(found["difference"], ".".join(path), "difference", interval=found["interval"]))
+            row.append(_cell(found["p_value"], ".".join(path), "p"))
+        rows.append(row)
+    note = ""
+    if "intervals" in first:
+        info = first["intervals"]
+        note = (
+            f"In brackets: {info['level']:.0%} {info['method']} intervals, {info['replicates']} bootstrap "
+            f"replicates of the patches within each tissue, seed {info['seed']}."
+        )
+    if comparison is not None:
+        note += (
+            f" Difference: {' minus '.join(runs)}, its {comparison['level']:.0%} paired bootstrap interval "
+            f"({comparison['replicates']} replicates, seed {comparison['seed']}); p: {comparison['test']} "
+            f"({comparison['permutations']} permutations)."
+        )
+    note = f'<p class="note">{html.escape(note.strip())}</p>' if note else ""
+    return f'<div class="cards">{cards}</div>{glance}' + _table(head, rows, "headline") + note
 
 
 def _classes(folder, prefix, runs):
     chart, size = _class_chart(folder, f"{prefix}classes.png", runs)
-    head = [_th("class")] + [_th(f"{title} {label}".strip()) for label in runs for title in ("PQ", "F1")]
-    rows = [
-        [_th(name)]
-        + [
-            cell
-            for label, run in runs.items()
-            for cell in (
-                _cell(run["result"]["per_class"][name], f"per_class.{name}", label),
-                _cell(run["result"]["f1_per_class"][name], f"f1_per_class.{name}", label),
-            )
-        ]
-        for name in pim.NUCLEUS_CLASSES
-    ]
+    tables = []
+    for label, run in runs.items():
+        result = run["result"]
+        head = [_th(label or "class"), _th("PQ"), _th("DQ"), _th("SQ"), _th("F1")]
+        rows = []
+        for name in pim.NUCLEUS_CLASSES:
+            pannuke = result["metrics"]["pannuke"]["per_class"][name]
+            rows.append(
+                [
+                    _th(name),
+                    _cell(result["per_class"][name], f"per_class.{name}", label,
+                          interval=_interval(result, "pannuke", ("per_class", name, "PQ"))),
+                    _cell(pannuke["DQ"], f"metrics.pannuke.per_class.{name}.DQ", label,
+                          interval=_interval(result, "pannuke", ("per_class", name, "DQ"))),
+                    _cell(pannuke["SQ"], f"metrics.pannuke.per_class.{name}.SQ", label,
+                          interval=_interval(result, "pannuke", ("per_class", name, "SQ"))),
+                    _cell(result["f1_per_class"][name], f"f1_per_class.{name}", label,
+                          interval=_interval(result, "hovernet", ("per_class", name))),
+                ]
+            )  # fmt: skip
+        tables.append(f"<div>{_table(head, rows, 'classes')}</div>")
     note = (
-        '<p class="note">PQ: mean over the patches where the class is present (the official script). F1: '
-        "HoVer-Net's per class, over the split's summed counts. DQ and SQ are not computed by evaluate.</p>"
+        '<p class="note">PQ, DQ, SQ: PanNuke\'s, the mean over the patches where the class is present (the '
+        "official script). F1: HoVer-Net's per class, over the split's summed counts.</p>"
     )
     return (
         "<h3>Per class</h3>" + note
-        + f'<div class="row"><div>{_img(chart, "PQ and F1 per class", size)}</div>'
-        + f"<div>{_table(head, rows, 'classes')}</div></div>"
+        + f'<div class="row"><div>{_img(chart, "PQ and F1 per class", size)}</div>{"".join(tables)}</div>'
     )  # fmt: skip
 
 
@@ -508,13 +539,11 @@ def _tissues(folder, prefix, runs):
 
 
 def _confusion(folder, prefix, label, run, titled):
-    confusion = run["result"]["detection"].get("confusion")
+    confusion = _confusion_of(run["result"])
     title = f"<h3>Type confusion{' of ' + html.escape(label) if titled else ''}</h3>"
     if not run["result"]["pred"]["classified"]:
         return title + '<p class="note">The prediction has no classes: no type confusion.</p>'
-    if confusion is None:
-        return title + '<p class="note">Not computed by this version of evaluate.</p>'
-    paired = np.asarray(confusion["paired"], dtype=np.int64)
+    paired = np.rint(confusion["paired"]).astype(np.int64)
     chart, size = _confusion_chart(folder, f"{prefix}confusion.png", paired)
     totals = paired.sum(axis=1)
     head = [_th("true \\ predicted")] + [f'<th><abbr title="{t}">{SHORT[t]}</abbr></th>' for t in TYPE_LABELS]
@@ -551,10 +580,10 @@ def _confusion(folder, prefix, label, run, titled):
 def _patch_numbers(run, position):
     """The caption of a gallery patch: its scores as --per-patch gives them."""
     scores = run["scores"][position]
-    counts = dict(zip(detection.COUNT_COLUMNS, run["counts"][position].tolist()))
+    counts = dict(zip(results.DETECTION_COLUMNS, run["counts"][position].tolist()))
     parts = [f"bPQ {_shown(scores[-1])}", f"mPQ {_shown(scores[-2])}"]
     parts += [f"PQ {SHORT[n]} {_shown(scores[j])}" for j, n in enumerate(pim.NUCLEUS_CLASSES) if _finite(scores[j])]
-    parts.append(f"F1 pairs {counts['pairs']}, unpaired pred {counts['unpaired_pred']}, true {counts['unpaired_true']}")
+    parts.append(f"F1 pairs {counts['det_tp']}, unpaired pred {counts['det_fp']}, true {counts['det_fn']}")
     return "; ".join(parts)
 
 
@@ -568,7 +597,7 @@ def _gallery(folder, prefix, runs, count, drawn):
         "Image, then the truth (the builder's instance map) and the prediction (the map that was scored), each "
         "nucleus outlined in its class colour (OpenCV contours of the instance maps; overlaps resolved as the "
         "binary maps of bPQ: the later channel on top). Missed: a true nucleus with no predicted nucleus of "
-        f"IoU &gt; {MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus with no such "
+        f"IoU &gt; {panoptic.MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus with no such "
         "true one. The lists: the patches with the lowest bPQ, and for each class those with its lowest PQ "
         f"(patches without that class left out){chosen}."
     )
@@ -591,14 +620,17 @@ def _patch_figure(folder, prefix, runs, position, list_name, panels, drawn):
     patch = pim.patch_id(fold, index)
     key = (prefix, position)
     if key not in drawn:
-        image, true_map, true_types = read_truth(first["opened"], position)
-        names = [_save_rgb(folder, f"{prefix}{patch}.png", image)]
-        found = []
+        names, found = [], []
         for k, run in enumerate(runs.values()):
-            pred_map, pred_types = collapse(run["opened"]["prediction"].read(position).channels)
-            missed, spurious = unmatched(true_map, pred_map)
-            truth = outline_panel(true_map, true_types, missed, "cross")
-            pred = outline_panel(pred_map, pred_types, spurious, "fill")
+            image, maps, missed, spurious = patch_pictures(run, position)
+            if not names:
+                names.append(_save_rgb(folder, f"{prefix}{patch}.png", image))
+            true_types = number_types(maps.true_instance, maps.true_semantic)
+            pred_types = number_types(maps.pred_instance, maps.pred_semantic)
+            if not run["prediction"].classified:
+                pred_types[:] = 0  # no classes: grey
+            truth = outline_panel(maps.true_instance, true_types, missed, "cross")
+            pred = outline_panel(maps.pred_instance, pred_types, spurious, "fill")
             names.append(_save_palette(folder, f"{prefix}{patch}_truth{k}.png", truth))
             names.append(_save_palette(folder, f"{prefix}{patch}_pred{k}.png", pred))
             found.append((len(missed), len(spurious)))
@@ -632,7 +664,9 @@ def _patch_figure(folder, prefix, runs, position, list_name, panels, drawn):
 def _protocol_table(summary, runs):
     """Each split's headline, per-class and per-tissue numbers beside their mean and std."""
     head = [_th("")] + [_th(label) for label in runs] + [_th("mean"), _th("std")]
-    keys = [(path, name) for path, name in HEADLINE]
+    keys = [(path, name) for path, name, _, _ in HEADLINE]
+    first = runs[next(iter(runs))]["result"]
+    keys += [(("metrics", family, *inner), name) for name, family, inner in second_block(first)]
     keys += [(("per_class", n), f"PQ {n}") for n in pim.NUCLEUS_CLASSES]
     keys += [(("f1_per_class", n), f"F1 {n}") for n in pim.NUCLEUS_CLASSES]
     rows = []
@@ -660,11 +694,11 @@ def _protocol_table(summary, runs):
     )
 
 
-def _section(folder, prefix, title, runs, count, drawn):
+def _section(folder, prefix, title, runs, count, drawn, comparison=None):
     anchor = html.escape(prefix.rstrip("_") or "run")
     parts = [f'<section id="{anchor}"><h2>{html.escape(title)}</h2>']
     parts += [_info(label if len(runs) > 1 else "", run["result"]) for label, run in runs.items()]
-    parts.append(_headline(runs))
+    parts.append(_headline(runs, comparison))
     parts.append(_classes(folder, prefix, runs))
     parts.append(_tissues(folder, prefix, runs))
     parts.append('<div class="row">')
@@ -676,18 +710,22 @@ def _section(folder, prefix, title, runs, count, drawn):
     return "".join(parts)
 
 
-def render(folder, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PATCHES):
+def render(folder, runs, *, summary=None, comparison=None, patches=DEFAULT_PATCHES):
     """The page's HTML, its pictures written into folder.
 
-    runs: {label: run}, each run as evaluate's score_split gives it plus "opened" (open_split's dict: the
-    rows' files and the Prediction, read again for the gallery). side_by_side: the runs are predictions of
-    the same split, shown as columns of one section; otherwise one section per run (the protocol's splits),
-    and summary (protocol_summary's {"mean", "std"}) after them.
+    runs: {label: run}, each as evaluate's score_split gives it (its result, per-patch state, rows, files and
+    Prediction, read again for the gallery). With comparison (--compare's "comparison" of --json), the runs
+    are two predictions of one split, shown side by side in one section with each number's difference;
+    otherwise one section per run (the protocol's splits), and summary (results.protocol_summary's
+    {"mean", "std"}) after them.
     """
     drawn = {}
+    # Each run with its per-patch table, as --per-patch writes it: the gallery's choice and captions.
+    runs = {label: {**run, **dict(zip(("scores", "counts"), results.patch_table(run["families"], run["state"])))}
+            for label, run in runs.items()}  # fmt: skip
     first = runs[next(iter(runs))]["result"]
-    if side_by_side:
-        sections = [_section(folder, "", f"Split {first['split']}", runs, patches, drawn)]
+    if comparison is not None:
+        sections = [_section(folder, "", f"Split {first['split']}", runs, patches, drawn, comparison)]
     else:
         sections = [
             _section(folder, f"{label}_" if label else "", label or f"Split {first['split']}", {label: run},
@@ -697,7 +735,7 @@ def render(folder, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PA
     if summary is not None:
         sections.append(_protocol_table(summary, runs))
     nav = ""
-    if len(sections) > 1 and not side_by_side:
+    if len(sections) > 1:
         links = [f'<a href="#{html.escape(label)}">{html.escape(label)}</a>' for label in runs]
         nav = "<p>" + " · ".join(links + (['<a href="#protocol">mean ± std</a>'] if summary else [])) + "</p>"
     warn = ""
@@ -713,7 +751,7 @@ def render(folder, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PA
     )
 
 
-def write_report(out_dir, runs, *, side_by_side=False, summary=None, patches=DEFAULT_PATCHES, force=False):
+def write_report(out_dir, runs, *, summary=None, comparison=None, patches=DEFAULT_PATCHES, force=False):
     """Write out_dir/index.html and its PNGs (see render), beside out_dir first and renamed into place whole.
 
     An existing non-empty out_dir is refused unless force; it is replaced only once the new one is complete.
@@ -721,7 +759,7 @@ def write_report(out_dir, runs, *, side_by_side=False, summary=None, patches=DEF
     out = os.path.abspath(out_dir)
     refuse_non_empty(out, force, "replace")
     with staging_dir(out) as tmp:
-        page = render(tmp, runs, side_by_side=side_by_side, summary=summary, patches=patches)
+        page = render(tmp, runs, summary=summary, comparison=comparison, patches=patches)
         with open(os.path.join(tmp, PAGE), "w", encoding="utf-8") as f:
             f.write(page)
         refuse_non_empty(out, force, "replace")  # someone may have written there while we worked

@@ -1,7 +1,6 @@
 """What the report tests share (tests/test_report.py, browser_tests/): a flawed prediction, the command's
 run, the page's numbers read back and the gallery expected from the per-patch CSV. Not from convert.report."""
 
-import contextlib
 import csv
 import json
 import math
@@ -9,13 +8,12 @@ from html.parser import HTMLParser
 
 import f1_oracle
 import numpy as np
-import pytest
 from pannuke_fixtures import raw_fold
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from convert import detection
 from convert.__main__ import main
+from convert.results import SECOND_BLOCK
 
 CLASSES = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
 TYPES = ["none", *CLASSES]
@@ -44,10 +42,8 @@ def flawed(masks, seed=3):
 
 
 def confusion_oracle(masks, preds, radius=12):
-    """HoVer-Net's pairing per patch (f1_oracle), counted by (true type, predicted type); unpaired by type.
-
-    The stand-in of result["detection"]["confusion"]: {"labels", "paired" 6 x 6, "missed", "spurious"}.
-    """
+    """HoVer-Net's pairing per patch (f1_oracle), counted by (true type, predicted type); unpaired by type:
+    {"labels", "paired" 6 x 6, "missed", "spurious"}, as --json's metrics.hovernet should hold them."""
     paired = np.zeros((6, 6), dtype=np.int64)
     missed, spurious = np.zeros(6, dtype=np.int64), np.zeros(6, dtype=np.int64)
     for mask, pred in zip(masks, preds):
@@ -125,14 +121,20 @@ def expected_numbers(result, run="", first_run=""):
         if t["patches"]:
             out[(run, f"per_tissue.{tissue}.mPQ")] = t["mPQ"]
             out[(run, f"per_tissue.{tissue}.bPQ")] = t["bPQ"]
-    confusion = result["detection"].get("confusion")
-    if confusion:
+    hovernet = result["metrics"]["hovernet"]
+    for _, family, paths in SECOND_BLOCK:  # --metrics' block under the headline, where computed
+        for path in paths if family in result["metrics"] else ():
+            out[(run, ".".join(("metrics", family, *path)))] = result["metrics"][family][path[0]]
+    for name in CLASSES:
+        for q in ("DQ", "SQ"):
+            out[(run, f"metrics.pannuke.per_class.{name}.{q}")] = result["metrics"]["pannuke"]["per_class"][name][q]
+    if result["pred"]["classified"]:
         for i, true in enumerate(TYPES):
             for j, pred in enumerate(TYPES):
-                out[(run, f"confusion.{true}.{pred}")] = confusion["paired"][i][j]
+                out[(run, f"confusion.{true}.{pred}")] = hovernet["confusion"]["paired"][i][j]
         for kind in ("missed", "spurious"):
             for name in CLASSES:
-                out[(run, f"confusion.{kind}.{name}")] = confusion[kind][name]
+                out[(run, f"confusion.{kind}.{name}")] = hovernet[kind][name]
     return out
 
 
@@ -161,22 +163,6 @@ def same(page_text, value):
     return got == value
 
 
-@contextlib.contextmanager
-def confusion_stand_in(masks, preds):
-    """result["detection"]["confusion"], which evaluate does not give yet, from the test's own oracle."""
-    stand_in = confusion_oracle(masks, preds)
-    summarize = detection.summarize
-
-    def with_confusion(counts, classified=True, radius=detection.RADIUS):
-        found = summarize(counts, classified, radius)
-        found["detection"]["confusion"] = stand_in
-        return found
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(detection, "summarize", with_confusion)
-        yield stand_in
-
-
 def write_flawed(three_folds, folder):
     """A flawed prediction of fake fold 1, saved as folder/pred.npy: {"masks", "preds", "path"}."""
     _, masks, _ = raw_fold(three_folds, 1, "kaggle")
@@ -190,9 +176,9 @@ def report_argv(three_folds, pred, out, patches, *extra):
     return [*argv, "--report", str(out), "--report-patches", str(patches), "--quiet", *extra]
 
 
-def run_report(three_folds, prediction, folder, patches):
+def run_report(three_folds, prediction, folder, patches, *extra):
     """evaluate --report, --json and --per-patch of a flawed prediction: {"dir", "json", "csv"}."""
     json_path, csv_path = folder / "result.json", folder / "patches.csv"
-    argv = report_argv(three_folds, prediction["path"], folder / "report", patches, "--json", str(json_path))
+    argv = report_argv(three_folds, prediction["path"], folder / "report", patches, "--json", str(json_path), *extra)
     assert main([*argv, "--per-patch", str(csv_path)]) == 0
     return {"dir": folder / "report", "json": read_json(json_path), "csv": csv_path}

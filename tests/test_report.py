@@ -8,11 +8,10 @@ import pytest
 from pannuke_fixtures import raw_fold
 from report_pages import (
     CLASSES,
-    confusion_stand_in,
+    confusion_oracle,
     expected_gallery,
     expected_numbers,
     flawed,
-    page_value,
     read_json,
     read_page,
     report_argv,
@@ -35,9 +34,8 @@ def flawed_fold1(three_folds, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stand_in(flawed_fold1):
-    with confusion_stand_in(flawed_fold1["masks"], flawed_fold1["preds"]) as confusion:
-        yield confusion
+def confusion(flawed_fold1):
+    return confusion_oracle(flawed_fold1["masks"], flawed_fold1["preds"])
 
 
 def _argv(three_folds, pred, out, *extra):
@@ -45,15 +43,17 @@ def _argv(three_folds, pred, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def reported(three_folds, flawed_fold1, stand_in, tmp_path_factory):
+def reported(three_folds, flawed_fold1, tmp_path_factory):
     return run_report(three_folds, flawed_fold1, tmp_path_factory.mktemp("reported"), PATCHES)
 
 
-def test_every_number_of_the_json_is_on_the_page_exactly(reported, stand_in):
+def test_every_number_of_the_json_is_on_the_page_exactly(reported, confusion):
     page = read_page(reported["dir"] / "index.html")
     expected = expected_numbers(reported["json"])
-    assert reported["json"]["detection"]["confusion"] == stand_in
-    assert len(expected) == 3 + 6 + 10 + 2 * 2 + 36 + 10  # fold 1's fake patches are of two tissues
+    hovernet = reported["json"]["metrics"]["hovernet"]
+    assert hovernet["confusion"] == {"labels": confusion["labels"], "paired": confusion["paired"]}  # the oracle's
+    assert (hovernet["missed"], hovernet["spurious"]) == (confusion["missed"], confusion["spurious"])
+    assert len(expected) == 3 + 6 + 4 + 10 + 10 + 2 * 2 + 36 + 10  # fold 1's fake patches are of two tissues
     for key, value in expected.items():
         assert same(page.values[key], value), key
     for tissue, t in reported["json"]["per_tissue"].items():
@@ -63,7 +63,7 @@ def test_every_number_of_the_json_is_on_the_page_exactly(reported, stand_in):
     )
 
 
-def test_the_page_says_where_it_fails_at_a_glance(reported, stand_in):
+def test_the_page_says_where_it_fails_at_a_glance(reported, confusion):
     result = reported["json"]
     text = (reported["dir"] / "index.html").read_text()
     glance = text[text.index('<ul class="glance">') :].split("</ul>")[0]
@@ -71,7 +71,7 @@ def test_the_page_says_where_it_fails_at_a_glance(reported, stand_in):
     tissue = min(
         (t for t, v in result["per_tissue"].items() if v["patches"]), key=lambda t: result["per_tissue"][t]["mPQ"]
     )
-    paired = np.array(stand_in["paired"])[1:, 1:]
+    paired = np.array(confusion["paired"])[1:, 1:]
     off = [(paired[i, j], i, j) for i in range(5) for j in range(5) if i != j]
     count, i, j = max(off)
     assert sorted(off)[-2][0] < count  # one commonest confusion: no tie to break
@@ -85,7 +85,7 @@ def test_the_page_says_where_it_fails_at_a_glance(reported, stand_in):
         in glance
     )
     assert f"<li>worst patch: {worst[1]} (bPQ {worst[0]:.4f})</li>" in glance
-    missed = max(stand_in["missed"].values())
+    missed = max(confusion["missed"].values())
     assert "<li>most missed: " in glance and f" ({missed} true nuclei unpaired)</li>" in glance
 
 
@@ -130,14 +130,19 @@ def test_gallery_lists_by_hand():
                      "dead": [], "epithelial": []}  # fmt: skip
 
 
-def test_collapse_is_the_builders_instance_map(flawed_fold1):
-    masks = flawed_fold1["masks"]
-    for index in range(len(masks)):
-        ids = pim.mask_to_ids(masks[index])
-        semantic, instance, _ = pim.ids_to_labels(ids)
-        got, types = report.collapse(ids.astype(np.int64))
-        assert np.array_equal(got, instance)  # same numbers: (channel, id) order
-        assert np.array_equal(types[got], semantic)
+def _partition(labels):
+    """A label map's nuclei as a set of frozensets of flat pixel positions: equal partitions, whatever the numbers."""
+    flat = np.asarray(labels).ravel()
+    return {frozenset(np.flatnonzero(flat == v).tolist()) for v in np.unique(flat) if v}
+
+
+def _on_top_by_hand(channels):
+    """(H, W) map of (H, W, 5) channels, the later channel winning, each (channel, id) its own number."""
+    out = np.zeros(channels.shape[:2], dtype=np.int64)
+    for c in range(5):
+        present = channels[..., c] != 0
+        out[present] = channels[..., c][present] + (c + 1) * 10**6
+    return out
 
 
 def _unmatched_by_hand(true_map, pred_map):
@@ -150,33 +155,31 @@ def _unmatched_by_hand(true_map, pred_map):
             a, b = true_map == t, pred_map == p
             if (a & b).sum() / (a | b).sum() > 0.5:
                 pairs.add((t, p))
-    return [t for t in true_ids if t not in {t for t, _ in pairs}], [
-        p for p in pred_ids if p not in {p for _, p in pairs}
-    ]
+    paired_true, paired_pred = {t for t, _ in pairs}, {p for _, p in pairs}
+    return [t for t in true_ids if t not in paired_true], [p for p in pred_ids if p not in paired_pred]
 
 
-def test_missed_and_spurious_are_the_nuclei_without_a_partner_of_iou_above_one_half(flawed_fold1):
+def test_the_gallery_draws_the_scored_maps_and_their_unpaired_nuclei(three_folds, flawed_fold1):
+    """The truth is the builder's instance_mask, the prediction its channels with the later on top; missed and
+    spurious are the nuclei without a partner of IoU > 0.5 there, found by hand with one mask per nucleus."""
+    rows = [(1, index) for index in range(len(flawed_fold1["masks"]))]
+    files = pim.find_folds([three_folds], (1,))
+    prediction = ev.open_prediction(flawed_fold1["path"], None, [(pim.patch_id(*r), 0) for r in rows], (256, 256))
+    run = {"rows": rows, "files": files, "prediction": prediction}
     total = [0, 0]
-    for mask, pred in zip(flawed_fold1["masks"][:8], flawed_fold1["preds"][:8]):
-        true_map, _ = report.collapse(pim.mask_to_ids(mask).astype(np.int64))
-        pred_map, _ = report.collapse(pred)
-        missed, spurious = report.unmatched(true_map, pred_map)
-        by_hand = _unmatched_by_hand(true_map, pred_map)
+    for position in range(8):
+        mask, pred = flawed_fold1["masks"][position], flawed_fold1["preds"][position]
+        image, maps, missed, spurious = report.patch_pictures(run, position)
+        semantic, instance, _ = pim.ids_to_labels(pim.mask_to_ids(mask))
+        assert np.array_equal(image, pim.image_to_uint8(raw_fold(three_folds, 1)[0][position]))
+        assert _partition(maps.true_instance) == _partition(instance)
+        assert np.array_equal(maps.true_semantic, semantic)
+        assert _partition(maps.pred_instance) == _partition(_on_top_by_hand(pred))
+        by_hand = _unmatched_by_hand(maps.true_instance, maps.pred_instance)
         assert (missed.tolist(), spurious.tolist()) == by_hand
         total[0] += len(missed)
         total[1] += len(spurious)
     assert total[0] > 8 and total[1] > 8
-
-
-def test_an_iou_of_exactly_one_half_is_missed_and_spurious():
-    true_map = np.zeros((4, 4), dtype=np.int32)
-    pred_map = np.zeros((4, 4), dtype=np.int32)
-    true_map[0, :2] = 1  # two pixels
-    pred_map[0, 1] = 1  # one of them: IoU 1/2
-    true_map[2:, 2:] = 2
-    pred_map[2:, 2:] = 7  # IoU 1
-    missed, spurious = report.unmatched(true_map, pred_map)
-    assert missed.tolist() == [1] and spurious.tolist() == [1]
 
 
 def _inner(mask, depth=1):
@@ -283,21 +286,21 @@ def test_the_protocol_has_a_section_per_split_and_the_mean_and_std(three_folds, 
         assert f'data-list="bPQ"><div class="patch" data-id="{worst[2]}"' in text.split(f'<section id="{label}">')[1]
 
 
-def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, stand_in, tmp_path):
-    """write_report with two runs of one split: a column per prediction, both predictions beside each patch."""
-    runs = {}
-    for label, pred in (("A", flawed_fold1["path"]), ("B", flawed_fold1["path"])):
-        args = ev._get_parser().parse_args(["--pred", pred, "--data-dir", three_folds, "--config", "folds"])
-        args.split = "fold1"
-        config = ev.config_named("folds")
-        opened = ev.open_split(args, config, three_folds, "fold1", pred)
-        args.quiet = True
-        runs[label] = {**ev.score_split(args, config, opened), "opened": opened}
-    report.write_report(tmp_path / "report", runs, side_by_side=True, patches=1)
+def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, tmp_path):
+    """--compare: one section, a column per prediction, each number's difference and p, both beside each patch."""
+    _, masks, _ = raw_fold(three_folds, 1, "kaggle")
+    np.save(tmp_path / "other.npy", flawed(masks, seed=9))
+    argv = report_argv(three_folds, flawed_fold1["path"], tmp_path / "report", 1, "--json", str(tmp_path / "c.json"))
+    assert main([*argv, "--compare", str(tmp_path / "other.npy"), "--bootstrap", "50"]) == 0
+    result = read_json(tmp_path / "c.json")
     page = read_page(tmp_path / "report" / "index.html")
-    for label in ("A", "B"):
-        assert same(page.values[(label, "mPQ")], runs[label]["result"]["mPQ"])
-        assert page_value(page.values[(label, "confusion.none.none")]) == stand_in["paired"][0][0]
+    for label in ("pred", "compare"):
+        for key, value in expected_numbers(result[label], label, "pred").items():
+            assert same(page.values[key], value), key
+    for path, family, inner in ((("mPQ",), "pannuke", ("mPQ",)), (("detection", "f1"), "hovernet", ("f1",))):
+        row = result["comparison"]["values"][family][inner[0]]
+        assert same(page.values[("difference", ".".join(path))], row["difference"])
+        assert same(page.values[("p", ".".join(path))], row["p_value"])
     text = (tmp_path / "report" / "index.html").read_text()
-    assert text.count('<section id="run">') == 1 and "--panels:5" in text
-    assert len(page.images) == 2 + 2 + 6 * 5  # charts, two confusion charts, six lists of 1 patch x 5 panels
+    assert text.count("<section ") == 1 and "--panels:5" in text
+    assert len(page.images) == 2 + 2 + 6 * 5  # class and tissue charts, two confusions, 6 lists x 5 panels
