@@ -438,7 +438,8 @@ def _headline(runs, comparison):
     label0 = next(iter(runs))
     first = runs[label0]["result"]
     cards = "".join(
-        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), label0, "b")}<span>{name}</span></div>'
+        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), label0, "b")}'
+        f"<span>{name}{'' if len(runs) == 1 else ' of ' + html.escape(label0)}</span></div>"
         for path, name, _, _ in HEADLINE[:3]
     )
     glance = "".join(
@@ -475,7 +476,10 @@ def _headline(runs, comparison):
             f"({comparison['permutations']} permutations)."
         )
     note = f'<p class="note">{html.escape(note.strip())}</p>' if note else ""
-    return f'<div class="cards">{cards}</div>{glance}' + _table(head, rows, "headline") + note
+    return (
+        f'<div class="row"><div><div class="cards">{cards}</div>{glance}</div>'
+        f"<div>{_table(head, rows, 'headline')}{note}</div></div>"
+    )
 
 
 def _classes(folder, prefix, runs):
@@ -601,7 +605,8 @@ def _gallery(folder, prefix, runs, count, drawn):
         "true one. The lists: the patches with the lowest bPQ, and for each class those with its lowest PQ "
         f"(patches without that class left out){chosen}."
     )
-    parts = ["<h3>Gallery</h3>", f'<p class="note">{note}</p>', _legend(prefix)]
+    anchor = html.escape(prefix.rstrip("_") or "run")
+    parts = [f'<h3 id="{anchor}-gallery">Gallery</h3>', f'<p class="note">{note}</p>', _legend(prefix)]
     panels = 1 + 2 * len(labels)
     for name, positions in lists.items():
         title = "lowest bPQ" if name == "bPQ" else f"lowest PQ {name}"
