@@ -16,8 +16,9 @@ Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed 
   patch has one). Its mPQ and bPQ must equal the command's. docopt, which it imports only to read its
   three options, is stood in for, so it needs numpy, pandas and scipy only.
 - --readers: the same prediction written in each layout a framework writes (HoVer-Net .npy and .mat,
-  COCO results, YOLO labels, cellpose and semantic PNGs) and scored, in this process, against the
-  masks.npy row: what each reader costs.
+  COCO results, YOLO labels, cellpose and semantic PNGs, StarDist label TIFFs, HoVer-NeXt's output
+  folders as zarr 2 writes them and as zarr 3 does, a CoNIC labels.npy) and scored, in this process,
+  against the masks.npy row: what each reader costs.
 
 Memory is the peak anonymous RSS (RssAnon) summed over the process tree.
 """
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 import pq_oracle
 import scipy.io
+import tifffile
 from bench import PeakMemory
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -238,9 +240,27 @@ def _polygon(mask):
     return max(contours, key=len).reshape(-1, 2) if contours else np.zeros((0, 2))
 
 
+def write_hovernext(folder, instance, classes, zarr_format):
+    """HoVer-NeXt's output folder of one image (src/post_process.py `post_process_main`): `zarr.save` of the
+    (1, H, W) int32 map as pinst_pp.zip (zarr 2: a ZipStore, Blosc lz4; zarr 3: a folder) and class_inst.json."""
+    import zarr
+    from numcodecs import Blosc
+
+    os.makedirs(folder)
+    path, array = os.path.join(folder, "pinst_pp.zip"), instance.astype(np.int32)[np.newaxis]
+    if zarr_format == 2:
+        store = zarr.storage.ZipStore(path, mode="w")
+        zarr.save_array(store, array, zarr_format=2, compressor=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))
+        store.close()
+    else:
+        zarr.save(path, array)
+    with open(os.path.join(folder, "class_inst.json"), "w") as f:
+        json.dump(classes, f)
+
+
 def write_layouts(root, pred_path, n):
     """{layout: its --pred} of the prediction at pred_path written in every layout (reused if present)."""
-    done = os.path.join(root, "complete")
+    done = os.path.join(root, "complete-2")  # -2: with the tiff, hovernext and conic layouts
     paths = {
         "masks": pred_path,
         "hovernet": os.path.join(root, "hovernet"),
@@ -249,13 +269,18 @@ def write_layouts(root, pred_path, n):
         "yolo": os.path.join(root, "yolo"),
         "cellpose": os.path.join(root, "cellpose"),
         "semantic": os.path.join(root, "semantic"),
+        "tiff": os.path.join(root, "stardist"),
+        "hovernext": os.path.join(root, "hovernext"),
+        "hovernext (zarr 3)": os.path.join(root, "hovernext-zarr3"),
+        "conic": os.path.join(root, "labels.npy"),
     }
     if os.path.exists(done):
         return paths
     shutil.rmtree(root, ignore_errors=True)
-    for folder in ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic"):
+    for folder in ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic", "stardist"):
         os.makedirs(os.path.join(root, folder))
     pred = np.lib.format.open_memmap(pred_path, mode="r")
+    conic = np.lib.format.open_memmap(paths["conic"], mode="w+", dtype=np.int32, shape=(n, *pred.shape[1:3], 2))
     results = []
     for index in range(n):
         stem = pim.patch_id(1, index)
@@ -286,6 +311,13 @@ def write_layouts(root, pred_path, n):
         if len(types):
             Image.fromarray(instance.astype(np.uint16)).save(os.path.join(paths["cellpose"], f"{stem}_cp_masks.png"))
         Image.fromarray(kinds.astype(np.uint8)).save(os.path.join(paths["semantic"], f"{stem}.png"))
+        # StarDist's CLI: tifffile, zlib, int32 (scripts/predict2d.py).
+        tifffile.imwrite(os.path.join(paths["tiff"], f"{stem}.stardist.tif"), instance, compression="zlib")
+        classes = {str(i): [int(t), [0, float(y), float(x)]] for i, t, (x, y) in zip(ids, types, centroids)}
+        for key, zarr_format in (("hovernext", 2), ("hovernext (zarr 3)", 3)):
+            write_hovernext(os.path.join(paths[key], stem), instance, classes, zarr_format)
+        conic[index] = np.stack([instance, kinds], axis=-1)
+    conic.flush()
     with open(paths["coco"], "w") as f:
         json.dump(results, f)
     open(done, "w").close()
@@ -296,7 +328,8 @@ def reader_rows(data_dir, layouts, repeats):
     """The fastest of `repeats` in-process runs of the command on each layout, --num-proc 1."""
     rows = {}
     for name, path in layouts.items():
-        runs = [run_cli(command(data_dir, path, 1, "--pred-format", name)) for _ in range(repeats)]
+        layout = name.split(" ")[0]  # "hovernext (zarr 3)": the hovernext layout of another writer
+        runs = [run_cli(command(data_dir, path, 1, "--pred-format", layout)) for _ in range(repeats)]
         rows[name] = min(runs, key=lambda run: run["seconds"])
     return rows
 

@@ -5,12 +5,13 @@ compute_stats.py's; with --metrics, DQ/SQ, HoVer-Net's instance statistics (Dice
 dataset values, CoNIC's mPQ+ and R², and the pixel and per-nucleus numbers of the foundation-model
 benchmarks, each as its reference computes it (docs/evaluate.md). --bootstrap gives 95% intervals, --compare
 a paired comparison with a second prediction.
-
-This module is the command: arguments, opening the split, printing and writing. The metrics are in
-convert.panoptic, convert.instance, convert.detection (and their reductions in convert.metrics); the
-scoring loop in convert.scoring; what is written in convert.results.
 """
 
+# This module is the command: arguments, opening the split, printing and writing. The metrics are in
+# convert.panoptic, convert.instance, convert.detection, convert.pixel, convert.cells (their reductions in
+# convert.metrics); the scoring loop in convert.scoring; what is written in convert.results.
+
+import argparse
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from .common import add_source_arguments, command_parser, config_named, refuse_n
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
+from .predictions.classes import parse_class_map
 from .report import DEFAULT_PATCHES as REPORT_PATCHES
 from .report import write_report
 from .scoring import score_rows
@@ -31,6 +33,13 @@ logger = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"valid": "validation"}  # the exported folder's name for it
 INSTANCE_LAYOUTS = ("coco", "yolo")  # the layouts that --min-score and --max-overlap rule
+
+
+def _class_map(text):
+    try:
+        return parse_class_map(text)
+    except ValueError as exc:  # argparse shows an ArgumentTypeError's own words (exit 2)
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _get_parser():
@@ -77,6 +86,14 @@ def _get_parser():
         "fraction of its area is skipped",
     )
     parser.add_argument(
+        "--class-map",
+        type=_class_map,
+        default={},
+        metavar="NAME=CLASS,...",
+        help="geojson, cellvit: the class names of the predictions that are not ours, each to one of ours "
+        "(neoplastic, inflammatory, connective, dead, epithelial) or none (a nucleus without a class)",
+    )
+    parser.add_argument(
         "--metrics",
         metavar="all|LIST",
         help=f"the numbers to compute besides the headline (pannuke, hovernet): all, or a comma-separated list of "
@@ -88,7 +105,7 @@ def _get_parser():
         default=0,
         metavar="N",
         help="95%% percentile intervals of every number from N bootstrap replicates of the patches, resampled "
-        "within each tissue (default 0: none; 1000 with --compare)",
+        "within each tissue (default: 0, none; 1000 with --compare)",
     )
     parser.add_argument(
         "--seed", type=int, default=metrics.DEFAULT_SEED, help="the seed of --bootstrap and --compare's resampling"
@@ -136,6 +153,12 @@ def _check_args(parser, args):
     """Usage errors (exit 2): a source is required, and the split must exist in the config."""
     if not args.data_dir and not args.sample:
         parser.error("one of --data-dir or --sample is required")
+    try:
+        args.families = metrics.selected(args.metrics)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be a number of replicates (0 for none), got {args.bootstrap}")
     if args.protocol:
         if args.pred or args.split:
             parser.error("--protocol names the three splits' predictions itself: not with --pred or --split")
@@ -165,7 +188,9 @@ def _check_output(path, option):
         raise FileNotFoundError(f"{path}: its folder does not exist ({option})")
 
 
-def open_split(config, data_dir, split, pred, *, pred_format, split_seed, split_ratios, min_score, max_overlap):
+def open_split(
+    config, data_dir, split, pred, *, pred_format, split_seed, split_ratios, min_score, max_overlap, class_map
+):
     """Everything a split's scoring needs, checked before any patch is scored: truth files, rows, prediction."""
     folds = pim.split_folds(config, split)
     ratios = tuple(split_ratios)
@@ -179,7 +204,13 @@ def open_split(config, data_dir, split, pred, *, pred_format, split_seed, split_
     size = pim.read_npy_header(files[folds[0]]["masks"])[0][1:3]
     patches = [(pim.patch_id(fold, index), coco_image_id(fold, index)) for fold, index in rows]
     prediction = open_prediction(
-        os.path.abspath(pred), pred_format, patches, size, min_score=min_score, max_overlap=max_overlap
+        os.path.abspath(pred),
+        pred_format,
+        patches,
+        size,
+        min_score=min_score,
+        max_overlap=max_overlap,
+        class_map=class_map,
     )
     return {
         "split": split,
@@ -242,6 +273,7 @@ def _options(args):
         "split_ratios": args.split_ratios,
         "min_score": args.min_score,
         "max_overlap": args.max_overlap,
+        "class_map": args.class_map,
     }
     scoring = {
         "radius": args.f1_radius,
@@ -327,9 +359,7 @@ def run_split(args, config, families):
 def evaluate(args, config):
     if not (math.isfinite(args.f1_radius) and args.f1_radius >= 0):
         raise ValueError(f"--f1-radius must be a non-negative number of pixels, got {args.f1_radius:g}")
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be a number of replicates (0 for none), got {args.bootstrap}")
-    families = metrics.selected(args.metrics)
+    families = args.families
     _check_output(args.json, "--json")
     _check_output(args.per_patch, "--per-patch")
     if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):

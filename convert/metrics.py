@@ -18,7 +18,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from . import detection, instance, panoptic
+from . import cells, detection, instance, panoptic, pixel
 from .predictions.base import pixel_means
 
 CONFIDENCE = 0.95
@@ -170,6 +170,46 @@ FAMILIES = {
         ),
     )
 }
+
+
+def _prefixed(reduce, prefix):
+    """The numbers of reduce whose key starts with prefix, the prefix dropped (one state, two references)."""
+
+    def keep(sums, patches, classified):
+        return {key[len(prefix) :]: value for key, value in reduce(sums, classified).items() if key.startswith(prefix)}
+
+    return keep
+
+
+for _family in (
+    Family(
+        "thunder",
+        "MICS-Lab/thunder utils/downstream_metrics.py compute_metrics: sklearn accuracy_score, "
+        "balanced_accuracy_score, f1_score and jaccard_score (average='macro') of the split's pooled pixels",
+        pixel.COLUMNS,
+        lambda patch: pixel.patch_state(patch.maps),
+        _prefixed(pixel.reduce, "thunder_"),
+        False,
+    ),
+    Family(
+        "pfm_densebench",
+        "lingxitong/PFM_Segmentation utils/metrics.py SegmentationMetrics: one confusion matrix of the split's pixels",
+        pixel.COLUMNS,
+        lambda patch: pixel.patch_state(patch.maps),
+        _prefixed(pixel.reduce, "pfm_"),
+        False,
+    ),
+    Family(
+        "pathocellbench",
+        "Kainmueller-Lab/Pathology-Foundation-Model-Benchmark src/benchmark/run/eval.py Eval, "
+        "utils/metric_utils.py: per true nucleus, pooled; sklearn f1_score per class (labels=[c]), macro mean",
+        cells.COLUMNS,
+        lambda patch: cells.patch_state(patch.maps),
+        _prefixed(cells.reduce, "cells_"),
+        False,
+    ),
+):
+    FAMILIES[_family.name] = _family
 METRIC_NAMES = tuple(FAMILIES)
 DEFAULT_METRICS = tuple(name for name, family in FAMILIES.items() if family.default)
 

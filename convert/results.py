@@ -33,6 +33,13 @@ SECOND_BLOCK = [
     ("CellViT image-mean bPQ / mPQ", "cellvit", [("bPQ",), ("mPQ",)]),
     ("CellViT Dice / Jaccard", "cellvit", [("binary_dice",), ("binary_jaccard",)]),
     ("CoNIC mPQ+ / R2 / PQ", "conic", [("mPQ+",), ("R2",), ("PQ",)]),
+    (
+        "THUNDER acc / bal. acc / F1 / Jacc.",
+        "thunder",
+        [("accuracy",), ("balanced_accuracy",), ("f1_macro",), ("jaccard_macro",)],
+    ),
+    ("PFM-DenseBench mIoU / mDice / FWIoU", "pfm_densebench", [("miou",), ("mdice",), ("fwiou",)]),
+    ("PathoCellBench F1 macro / micro", "pathocellbench", [("f1_macro",), ("f1_micro",)]),
 ]
 HEADLINE = [
     ("mPQ", "pannuke", ("mPQ",)),
@@ -192,7 +199,7 @@ def report_lines(result):
     for label, family, paths in SECOND_BLOCK:
         numbers = result["metrics"].get(family)
         if numbers is not None:
-            second.append(f"{label:<30} " + " / ".join(shown(_get(numbers, path)) for path in paths))
+            second.append(f"{label:<36} " + " / ".join(shown(_get(numbers, path)) for path in paths))
     if second:
         lines += ["", *second]
     lines += ["", f"{'class':<14} {'PQ':>8} {'F1':>8}"]
