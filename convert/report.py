@@ -601,8 +601,8 @@ def _gallery(folder, prefix, runs, count, drawn):
         "Image, then the truth (the builder's instance map) and the prediction (the map that was scored), each "
         "nucleus outlined in its class colour (OpenCV contours of the instance maps; overlaps resolved as the "
         "binary maps of bPQ: the later channel on top). Missed: a true nucleus with no predicted nucleus of "
-        f"IoU &gt; {panoptic.MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus with no such "
-        "true one. The lists: the patches with the lowest bPQ, and for each class those with its lowest PQ "
+        f"IoU &gt; {panoptic.MATCH_IOU} on the binary maps, as bPQ pairs them; spurious: a predicted nucleus with "
+        "no such true one; a prediction without classes is outlined in grey. The lists: the patches with the lowest bPQ, and for each class those with its lowest PQ "
         f"(patches without that class left out){chosen}."
     )
     anchor = html.escape(prefix.rstrip("_") or "run")
@@ -611,7 +611,9 @@ def _gallery(folder, prefix, runs, count, drawn):
     for name, positions in lists.items():
         title = "lowest bPQ" if name == "bPQ" else f"lowest PQ {name}"
         parts.append(f'<h3>{html.escape(title)}</h3><div data-list="{html.escape(name)}">')
-        if not positions:
+        if not positions and not first["prediction"].classified:
+            parts.append('<p class="note">The prediction has no classes: no PQ per class.</p>')
+        elif not positions:
             parts.append('<p class="note">No patch of the split has this class in its truth.</p>')
         for position in positions:
             parts.append(_patch_figure(folder, prefix, runs, position, name, panels, drawn))

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from pannuke_fixtures import raw_fold
+from PIL import Image
 from report_pages import (
     CLASSES,
     confusion_oracle,
@@ -304,3 +305,31 @@ def test_two_predictions_are_shown_side_by_side(three_folds, flawed_fold1, tmp_p
     text = (tmp_path / "report" / "index.html").read_text()
     assert text.count("<section ") == 1 and "--panels:5" in text
     assert len(page.images) == 2 + 2 + 6 * 5  # class and tissue charts, two confusions, 6 lists x 5 panels
+
+
+def test_a_prediction_without_classes_has_grey_outlines_and_no_class_numbers(three_folds, flawed_fold1, tmp_path):
+    folder = tmp_path / "cellpose"
+    folder.mkdir()
+    for index, pred in enumerate(flawed_fold1["preds"]):
+        instance = _on_top_by_hand(pred)
+        _, numbered = np.unique(instance, return_inverse=True)  # 0 stays 0, nuclei 1..n
+        if numbered.max():
+            Image.fromarray(numbered.reshape(instance.shape).astype(np.uint16)).save(
+                folder / f"{pim.patch_id(1, index)}_cp_masks.png"
+            )
+    argv = report_argv(three_folds, str(folder), tmp_path / "report", 1, "--json", str(tmp_path / "r.json"))
+    assert main([*argv, "--per-patch", str(tmp_path / "r.csv")]) == 0
+    result = read_json(tmp_path / "r.json")
+    page = read_page(tmp_path / "report" / "index.html")
+    for key, value in expected_numbers(result).items():
+        assert same(page.values[key], value), key
+    assert page.values[("", "mPQ")] == "null" and not any(k[1].startswith("confusion.") for k in page.values)
+    assert page.lists == expected_gallery(tmp_path / "r.csv", 1)
+    assert page.lists["bPQ"] and all(page.lists[c] == [] for c in CLASSES)
+    text = (tmp_path / "report" / "index.html").read_text()
+    assert "The prediction has no classes: no type confusion." in text
+    assert text.count("The prediction has no classes: no PQ per class.") == 5
+    patch = page.lists["bPQ"][0]
+    predicted = np.asarray(Image.open(tmp_path / "report" / f"{patch}_pred0.png"))
+    drawn = set(np.unique(predicted).tolist())
+    assert {report.UNTYPED, report.UNTYPED_FILL} <= drawn and not drawn & {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
