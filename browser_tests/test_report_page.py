@@ -3,9 +3,11 @@ gallery of --per-patch, nothing wider than a 390 px phone, and a screenshot that
 
 import numpy as np
 import pytest
+from pannuke_fixtures import raw_fold
 from PIL import Image
-from report_pages import expected_gallery, expected_numbers, run_report, same, write_flawed
+from report_pages import expected_gallery, expected_numbers, flawed, report_argv, run_report, same, write_flawed
 
+from convert.__main__ import main
 from convert.results import SECOND_BLOCK
 
 PATCHES = 3  # the command's default
@@ -118,3 +120,40 @@ def test_at_390_px_nothing_is_wider_than_the_page_and_the_screenshot_is_not_blan
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
     assert pixels.shape[1] == PHONE["width"] and pixels.shape[0] > 2000
     assert pixels.std() > 20  # not blank: text, charts and patches
+
+
+@pytest.fixture(scope="module")
+def other_reports(three_folds, tmp_path_factory):
+    """--compare (two predictions side by side) and --protocol (three sections and the mean ± std) pages."""
+    folder = tmp_path_factory.mktemp("other")
+    prediction = write_flawed(three_folds, folder)
+    _, masks3, _ = raw_fold(three_folds, 3, "official")
+    np.save(folder / "fold3.npy", flawed(masks3, seed=5))
+    np.save(folder / "other.npy", flawed(prediction["masks"], seed=9))
+    compare = report_argv(
+        three_folds, prediction["path"], folder / "compare", PATCHES, "--compare", str(folder / "other.npy")
+    )
+    assert main(compare) == 0
+    paths = {1: folder / "fold3.npy", 2: folder / "fold3.npy", 3: prediction["path"]}
+    protocol = ["evaluate", "--protocol", *[f"split{k}={p}" for k, p in paths.items()], "--data-dir", three_folds]
+    assert main([*protocol, "--report", str(folder / "protocol"), "--quiet"]) == 0
+    return {"compare": {"dir": folder / "compare"}, "protocol": {"dir": folder / "protocol"}}
+
+
+@pytest.mark.parametrize("kind", ["compare", "protocol"])
+def test_compare_and_protocol_pages_load_and_fit_390_px(browser, other_reports, kind):
+    report = other_reports[kind]
+    _open(browser, report, DESKTOP)
+    images = browser.execute_script("return Array.from(document.images, i => i.complete && i.naturalWidth > 0)")
+    assert len(images) > 20 and all(images)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    _open(browser, report, PHONE)
+    width = browser.execute_script("return window.innerWidth")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width == PHONE["width"]
+    too_wide = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table, img, svg, figure, dl, .box'), e => "
+        "[e.tagName, e.getAttribute('src') || e.className, e.getBoundingClientRect().left, "
+        "e.getBoundingClientRect().right]).filter(([t, n, left, right]) => left < 0 || right > arguments[0])",
+        width,
+    )
+    assert too_wide == []
