@@ -50,7 +50,8 @@ padding:0 12px 40px}
 h1{font-size:1.5em;margin:.8em 0 .2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:2px solid #ddd}
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 img{max-width:100%;height:auto;display:block}
-.note{color:#555;font-size:.9em;max-width:60em}\n.glance{margin:6px 0 10px;padding-left:1.2em}
+.note{color:#555;font-size:.9em;max-width:60em}
+.glance{margin:6px 0 10px;padding-left:1.2em}
 .warn{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}
 .box{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums;margin:4px 0 12px}
@@ -94,15 +95,18 @@ def _data(value):
     return repr(float(value)) if _finite(value) else "null"
 
 
-def _get(result, path):
+def _get(tree, path):
+    """The value at a key path of nested dicts, None where it is absent."""
     for key in path:
-        result = result[key]
-    return result
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 def _interval(result, family, path):
     """(low, high) of the number at path of a family's numbers, where --bootstrap computed intervals."""
-    found = results._get(result.get("intervals", {}), ("values", family, *path))
+    found = _get(result, ("intervals", "values", family, *path))
     return tuple(found) if found is not None else None
 
 
@@ -135,9 +139,9 @@ def _cell(value, key, run=None, tag="td", interval=None):
     return f"<{tag}{attrs}>{text}</{tag}>"
 
 
-def _count(value, key, run=None):
+def _count(value, key, run):
     """A table cell of one count (an integer, exact as it is shown)."""
-    attrs = f' data-run="{html.escape(run)}"' if run is not None else ""
+    attrs = f' data-run="{html.escape(run)}"'
     return f'<td data-key="{html.escape(key)}"{attrs} data-value="{int(value)}">{int(value)}</td>'
 
 
@@ -458,7 +462,7 @@ def _headline(runs, comparison):
             interval = _interval(run["result"], family, inner)
             row.append(_cell(_get(run["result"], path), ".".join(path), label, interval=interval))
         if comparison is not None:
-            found = results._get(comparison["values"], (family, *inner))
+            found = _get(comparison["values"], (family, *inner))
             row.append(_cell(found["difference"], ".".join(path), "difference", interval=found["interval"]))
             row.append(_cell(found["p_value"], ".".join(path), "p"))
         rows.append(row)
