@@ -122,9 +122,8 @@ def second_block(result):
 
 
 def _confusion_of(result):
-    """{"paired" 6 x 6, "missed", "spurious"} counts of HoVer-Net's pairing, from the hovernet numbers."""
-    hovernet = result["metrics"]["hovernet"]
-    return {"paired": hovernet["confusion"]["paired"], "missed": hovernet["missed"], "spurious": hovernet["spurious"]}
+    """{"labels", "paired" 6 x 6, "missed", "spurious"}: the counts of HoVer-Net's pairing, as --json holds them."""
+    return result["detection"]["confusion"]
 
 
 def _cell(value, key, run=None, tag="td", interval=None):

@@ -291,3 +291,27 @@ def test_the_commands_pixel_numbers_equal_sklearn_on_the_splits_pooled_pixels(fo
     for c, name in enumerate(["background", *pim.NUCLEUS_CLASSES]):
         close(pfm[f"iou_{name}"], per_class[c])
     assert 0.5 < thunder["accuracy"] < 1 and 0 < all_a["metrics"]["pathocellbench"]["f1_macro"] < 1
+
+
+def test_the_type_confusion_counts_hovernets_pairs_and_unpaired_nuclei(fold1, all_a):
+    paired = np.zeros((6, 6), dtype=np.int64)
+    missed, spurious = np.zeros(6, dtype=np.int64), np.zeros(6, dtype=np.int64)
+    for mask, pred in zip(fold1["masks"], fold1["preds"]["a"]):
+        true_xy, true_types = f1_oracle.truth_nuclei(mask)
+        pred_xy, pred_types = f1_oracle.binary_nuclei(pred)
+        if len(true_xy) == 0:  # HoVer-Net's dummy point (0, 0) of type 0
+            true_xy, true_types = np.zeros((1, 2)), np.zeros(1, dtype=np.int64)
+        if len(pred_xy) == 0:
+            pred_xy, pred_types = np.zeros((1, 2)), np.zeros(1, dtype=np.int64)
+        true_xy, pred_xy = np.asarray(true_xy, np.float32), np.asarray(pred_xy, np.float32)
+        pairs, unpaired_true, unpaired_pred = f1_oracle.pair_coordinates(true_xy, pred_xy, 12)
+        for t, p in pairs:
+            paired[true_types[t], pred_types[p]] += 1
+        np.add.at(missed, np.asarray(true_types)[unpaired_true], 1)
+        np.add.at(spurious, np.asarray(pred_types)[unpaired_pred], 1)
+    confusion = all_a["detection"]["confusion"]
+    assert confusion["labels"] == ["none", *pim.NUCLEUS_CLASSES]
+    assert confusion["paired"] == paired.tolist()
+    assert confusion["missed"] == dict(zip(pim.NUCLEUS_CLASSES, missed[1:].tolist()))
+    assert confusion["spurious"] == dict(zip(pim.NUCLEUS_CLASSES, spurious[1:].tolist()))
+    assert round(all_a["detection"]["type_accuracy"] * paired.sum()) == np.trace(paired)  # its pairs of one type

@@ -164,12 +164,14 @@ def check_ids(values, where, what="prediction", channels=None):
     values = np.asarray(values)
     if values.dtype.kind not in "biuf":  # a MATLAB struct or cell, complex numbers, strings: not ids
         raise PredictionError(f"{where}: {what} has dtype {values.dtype}, expected integers")
-    # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
     if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
-            ids = values.astype(np.int64)
+        # One cast of the channels that count into int32 (the official script's truncation), then one comparison:
+        # equal only if every value is an integer in int32's range. float64 masks.npy predictions take this path.
         checked = values[..., :channels]
-        if np.array_equal(ids, values) or np.array_equal(ids[..., :channels], checked):
+        ids = np.empty(checked.shape, dtype=np.int32)
+        with np.errstate(invalid="ignore"):  # NaN, inf and values beyond int32 cast to garbage, and then differ
+            np.copyto(ids, checked, casting="unsafe")
+        if np.array_equal(ids, checked):
             values = ids
         else:
             if not np.isfinite(checked).all():
@@ -177,7 +179,7 @@ def check_ids(values, where, what="prediction", channels=None):
             bad = checked[checked != np.floor(checked)]
             if bad.size:
                 raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
-            # Left: integers beyond int64, which the range check below names.
+            values = checked  # integers beyond int32's range, which the range check below names
     if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
         low, high = values[..., :channels].min(), values[..., :channels].max()
         if low < 0:
