@@ -20,6 +20,8 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
+from .numbers import ratio as _ratio
+
 LABELS = pim.NUM_CLASS_CHANNELS + 1  # 0 background, 1..5 the classes (PanNuke channel + 1)
 COLUMNS = [f"nuclei_true{t}_pred{p}" for t in range(LABELS) for p in range(LABELS)]
 # Our label -> PathoCellBench's label for PanNuke (and back: the map is its own inverse).
@@ -55,18 +57,8 @@ def nucleus_classes(maps):
 
 def patch_state(maps):
     """One patch's confusion of its true nuclei (true class row, predicted class column), in COLUMNS order."""
-    for name in ("true_semantic", "pred_semantic"):
-        values = getattr(maps, name)
-        if values.min() < 0 or values.max() >= LABELS:
-            raise ValueError(f"{name} holds values outside 0..{LABELS - 1}")
     true_class, pred_class = nucleus_classes(maps)
     return np.bincount(true_class * LABELS + pred_class, minlength=LABELS * LABELS).astype(np.float64)
-
-
-def _ratio(numerator, denominator, fill):
-    """numerator / denominator, fill where the denominator is 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), fill)
 
 
 def reduce(sums, classified=True):

@@ -12,6 +12,8 @@ from scipy.spatial.distance import cdist
 
 import pannuke_imagemask as pim
 
+from .numbers import ratio as _ratio
+
 RADIUS = 12.0  # pixels: HoVer-Net's for PanNuke's 40x patches (CellViT uses 6 at 20x)
 CLASS_TYPES = range(1, pim.NUM_CLASS_CHANNELS + 1)  # HoVer-Net type ids of the classes: channel + 1
 # Per class type t: pairs of true and predicted type t, pairs predicted t of another true type, pairs
@@ -88,12 +90,6 @@ def _side(xy, types):
     if len(xy) == 0:
         return DUMMY_POINT, DUMMY_TYPE
     return xy.astype(np.float32), np.asarray(types).astype(np.int32).ravel()
-
-
-def _ratio(numerator, denominator):
-    """numerator / denominator, NaN where the denominator is 0 (arrays)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
 
 def scores(total, classified=True):

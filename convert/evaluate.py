@@ -88,7 +88,6 @@ def _get_parser():
     parser.add_argument(
         "--class-map",
         type=_class_map,
-        default={},
         metavar="NAME=CLASS,...",
         help="geojson, cellvit: the class names of the predictions that are not ours, each to one of ours "
         "(neoplastic, inflammatory, connective, dead, epithelial) or none (a nucleus without a class)",
@@ -273,7 +272,7 @@ def _options(args):
         "split_ratios": args.split_ratios,
         "min_score": args.min_score,
         "max_overlap": args.max_overlap,
-        "class_map": args.class_map,
+        "class_map": args.class_map or {},
     }
     scoring = {
         "radius": args.f1_radius,

@@ -16,6 +16,7 @@ A patch without true nuclei but with predicted ones scores 0 everywhere, as HoVe
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .numbers import ratio
 from .panoptic import binary_counts, binary_pixels, quality
 
 AJI_EPSILON = 1.0e-6  # get_fast_aji's IoU is inter / (union + 1e-6): it picks and pairs by that
@@ -86,11 +87,7 @@ def reduce(sums):
     """Plain means over the counted patches, and how many patches the policy touched."""
     total = sums.sum(axis=1)
     counted = total[:, COLUMNS.index("counted")]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {
-            name: np.where(counted > 0, total[:, k] / np.where(counted > 0, counted, 1), np.nan)
-            for k, name in enumerate(STATS)
-        }
+    out = {name: ratio(total[:, k], counted) for k, name in enumerate(STATS)}
     out["skipped_empty"] = total[:, COLUMNS.index("skipped_empty")]
     out["empty_prediction"] = total[:, COLUMNS.index("empty_prediction")]
     return out

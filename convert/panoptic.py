@@ -25,11 +25,12 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
+from .numbers import distinct
+from .numbers import ratio as _ratio
+
 MATCH_IOU = 0.5  # a pair matches when its IoU is strictly above this: such pairs are unique
 SQ_EPSILON = 1.0e-6  # the SQ denominator of every reference is TP + 1e-6: a perfect nucleus scores 0.999999
 DQ_EPSILON = 1.0e-6  # CellViT's and CoNIC's DQ denominator adds it too (PanNuke's and HoVer-Net's do not)
-KEY_SPAN = 1 << 31  # (channel, id) keys: channel * KEY_SPAN + id, ids below 2**31 (int32, the official cast)
-DENSE_KEYS, DENSE_KEYS_PER_PIXEL = 1 << 16, 8  # below this many (channel, id) keys, number them densely
 DENSE_PAIRS = 1 << 22  # above this many (true, pred) id pairs, count overlaps sparsely instead of densely
 CLASSES = pim.NUCLEUS_CLASSES
 COUNT = len(CLASSES)
@@ -82,15 +83,8 @@ def nuclei(channels, count=COUNT):
     pixel, channel = np.divmod(found, width)
     position = pixel * count + channel if count < width else found
     span = int(values.max(initial=0)) + 1
-    if count * span <= DENSE_KEYS + DENSE_KEYS_PER_PIXEL * len(values):
-        # Ids small beside the pixels (as PanNuke's): number the (channel, id) keys by one histogram, no sort.
-        key = channel * span + values
-        present = np.bincount(key, minlength=count * span).astype(bool)
-        number = np.cumsum(present)[key]  # 1..n in (channel, id) order, as np.unique's inverse + 1
-        return position, number, present.reshape(count, span).sum(axis=1)
-    keys, number = np.unique(channel * KEY_SPAN + values, return_inverse=True)
-    per_channel = np.bincount(keys // KEY_SPAN, minlength=count)
-    return position, number.ravel() + 1, per_channel
+    keys, inverse = distinct(channel * span + values)
+    return position, inverse + 1, np.bincount(keys // span, minlength=count)
 
 
 def on_top(position, number, count=COUNT):
@@ -297,11 +291,6 @@ def pannuke_state(matching, classified=True):
     row += _interleaved(_class_means(dq, sq, pq))
     row += _interleaved(quality(binary_counts(matching)))
     return np.array(row, dtype=np.float64)
-
-
-def _ratio(numerator, denominator):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
 
 def column(sums, columns, name):

@@ -18,6 +18,8 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
+from .numbers import ratio as _ratio
+
 LABELS = pim.NUM_CLASS_CHANNELS + 1  # 0 background, 1..5 the classes (PanNuke channel + 1)
 COLUMNS = [f"pixels_true{t}_pred{p}" for t in range(LABELS) for p in range(LABELS)]
 CLASS_NAMES = ["background", *pim.NUCLEUS_CLASSES]
@@ -55,9 +57,6 @@ REFERENCES = {
 def patch_state(maps):
     """One patch's 6x6 pixel confusion (truth row, prediction column), flattened in COLUMNS order."""
     true, pred = maps.true_semantic, maps.pred_semantic
-    for name, values in (("true_semantic", true), ("pred_semantic", pred)):
-        if values.min() < 0 or values.max() >= LABELS:
-            raise ValueError(f"{name} holds values outside 0..{LABELS - 1}")
     return np.bincount((true * LABELS + pred).ravel(), minlength=LABELS * LABELS).astype(np.float64)
 
 
@@ -69,12 +68,6 @@ def confusion(sums, classified=True):
     # Background against any nucleus: classes 1..5 merge on both sides.
     rows = np.stack([matrix[:, 0], matrix[:, 1:].sum(axis=1)], axis=1)
     return np.stack([rows[:, :, 0], rows[:, :, 1:].sum(axis=2)], axis=2)
-
-
-def _ratio(numerator, denominator, fill):
-    """numerator / denominator, fill where the denominator is 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), fill)
 
 
 def _mean_over(values, kept, empty):

@@ -76,8 +76,6 @@ def split_result(families, state, tissues, classified, radius):
         }
         for t, tissue in enumerate(pim.TISSUES)
     }
-    for family in families:
-        numbers[family.name] = {"reference": family.reference, **numbers[family.name]}
     # The type confusion of HoVer-Net's paired nuclei (rows true type, columns predicted, 0 = none or the
     # dummy point), and the unpaired true (missed) and predicted (spurious) nuclei per class.
     confusion = {
@@ -87,13 +85,15 @@ def split_result(families, state, tissues, classified, radius):
         "spurious": hovernet.pop("spurious"),
     }
     hovernet["confusion"] = confusion
+    for family in families:
+        numbers[family.name] = {"reference": family.reference, **numbers[family.name]}
     return {
         "mPQ": pannuke["mPQ"],
         "bPQ": pannuke["bPQ"],
         "per_class": {name: pannuke["per_class"][name]["PQ"] for name in pim.NUCLEUS_CLASSES},
         "per_tissue": per_tissue,
         "detection": {key: hovernet[key] for key in ("f1", "precision", "recall", "type_accuracy")}
-        | {"radius": float(radius), "confusion": confusion},
+        | {"radius": float(radius)},
         "f1_per_class": dict(hovernet["per_class"]),
         "metrics": numbers,
     }

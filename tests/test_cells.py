@@ -209,9 +209,3 @@ def test_the_fake_fold_scores_equal_sklearn(part1_patches):
     for r, row in enumerate(weights):
         repeated = [p for p, w in zip(patches, row) for _ in range(w)]
         assert_close({key: value[r] for key, value in reduced.items()}, expected_scores(repeated))
-
-
-def test_patch_state_refuses_values_outside_the_classes():
-    good = np.zeros((4, 4), dtype=np.int64)
-    with pytest.raises(ValueError, match="pred_semantic holds values outside 0..5"):
-        cells.patch_state(maps(good, good, good + 7))

@@ -309,7 +309,7 @@ def test_the_type_confusion_counts_hovernets_pairs_and_unpaired_nuclei(fold1, al
             paired[true_types[t], pred_types[p]] += 1
         np.add.at(missed, np.asarray(true_types)[unpaired_true], 1)
         np.add.at(spurious, np.asarray(pred_types)[unpaired_pred], 1)
-    confusion = all_a["detection"]["confusion"]
+    confusion = all_a["metrics"]["hovernet"]["confusion"]
     assert confusion["labels"] == ["none", *pim.NUCLEUS_CLASSES]
     assert confusion["paired"] == paired.tolist()
     assert confusion["missed"] == dict(zip(pim.NUCLEUS_CLASSES, missed[1:].tolist()))

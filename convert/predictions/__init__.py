@@ -110,7 +110,8 @@ def open_prediction(
     patches: the split's rows in order as (patch_id, coco_image_id); size: (H, W). min_score and max_overlap
     rule how the instance layouts (coco, yolo) become one map per patch; class_map ({name casefolded: type
     0..5}, classes.parse_class_map) names the classes of the layouts that name theirs (geojson, cellvit). Raises ValueError,
-    FileNotFoundError or PanNukeFormatError with one line naming the file and what is wrong.
+    FileNotFoundError (a missing file) or PredictionError (a bad one) with one line naming the file and what is
+    wrong.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder (--pred)")

@@ -6,7 +6,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from .base import PatchPrediction, Prediction, check_dtype, check_ids
+from .base import PatchPrediction, Prediction, PredictionError, check_dtype, check_ids
 
 NAME = "masks"
 
@@ -20,11 +20,11 @@ def open_masks_prediction(path, n, size):
     shape, dtype = pim.read_npy_header(path)
     check_dtype(path, dtype)
     if len(shape) != 4 or shape[1:3] != size or shape[3] < pim.NUM_CLASS_CHANNELS:
-        raise pim.PanNukeFormatError(
+        raise PredictionError(
             f"{path}: shape {shape}, expected (N, {size[0]}, {size[1]}, C) with C >= {pim.NUM_CLASS_CHANNELS}"
         )
     if shape[0] != n:
-        raise pim.PanNukeFormatError(f"{path}: {shape[0]} predictions, the split has {n} patches")
+        raise PredictionError(f"{path}: {shape[0]} predictions, the split has {n} patches")
     return np.lib.format.open_memmap(path, mode="r")
 
 
