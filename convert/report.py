@@ -123,7 +123,7 @@ def second_block(result):
 
 def _confusion_of(result):
     """{"labels", "paired" 6 x 6, "missed", "spurious"}: the counts of HoVer-Net's pairing, as --json holds them."""
-    return result["detection"]["confusion"]
+    return result["metrics"]["hovernet"]["confusion"]
 
 
 def _cell(value, key, run=None, tag="td", interval=None):

@@ -43,7 +43,7 @@ def flawed(masks, seed=3):
 
 def confusion_oracle(masks, preds, radius=12):
     """HoVer-Net's pairing per patch (f1_oracle), counted by (true type, predicted type); unpaired by type:
-    {"labels", "paired" 6 x 6, "missed", "spurious"}, as --json's detection.confusion should hold them."""
+    {"labels", "paired" 6 x 6, "missed", "spurious"}, as --json's metrics.hovernet.confusion should hold them."""
     paired = np.zeros((6, 6), dtype=np.int64)
     missed, spurious = np.zeros(6, dtype=np.int64), np.zeros(6, dtype=np.int64)
     for mask, pred in zip(masks, preds):
@@ -121,7 +121,7 @@ def expected_numbers(result, run="", first_run=""):
         if t["patches"]:
             out[(run, f"per_tissue.{tissue}.mPQ")] = t["mPQ"]
             out[(run, f"per_tissue.{tissue}.bPQ")] = t["bPQ"]
-    confusion = result["detection"]["confusion"]
+    confusion = result["metrics"]["hovernet"]["confusion"]
     for _, family, paths in SECOND_BLOCK:  # --metrics' block under the headline, where computed
         for path in paths if family in result["metrics"] else ():
             out[(run, ".".join(("metrics", family, *path)))] = result["metrics"][family][path[0]]

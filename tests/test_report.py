@@ -51,7 +51,7 @@ def reported(three_folds, flawed_fold1, tmp_path_factory):
 def test_every_number_of_the_json_is_on_the_page_exactly(reported, confusion):
     page = read_page(reported["dir"] / "index.html")
     expected = expected_numbers(reported["json"])
-    assert reported["json"]["detection"]["confusion"] == confusion  # the test's own pairing gives the same
+    assert reported["json"]["metrics"]["hovernet"]["confusion"] == confusion  # the test's own pairing gives the same
     assert len(expected) == 3 + 6 + 4 + 10 + 10 + 2 * 2 + 36 + 10  # fold 1's fake patches are of two tissues
     for key, value in expected.items():
         assert same(page.values[key], value), key
