@@ -7,7 +7,8 @@
 Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed prediction masks.npy.
 
 - The command on all patches (one split holding them all) at 1 and 2 processes, in this process, against
-  the oracle of the tests (one boolean mask per nucleus, as the official script) on the first patches.
+  the oracle of the tests (one boolean mask per nucleus, as the official script) on the first patches;
+  then at 1 process with --report (the page's charts and default gallery): what the report adds.
 - --official DIR (a checkout of github.com/TissueImageAnalytics/PanNuke-metrics, its run.py unchanged):
   that script and `python -m convert evaluate` (also with --metrics all and --bootstrap 1000) as separate
   processes on the prediction in the official layout (float64, 6 channels), start-up included, run in turns
@@ -399,6 +400,13 @@ def main(argv=None):
     if not np.array_equal(np.isnan(fast), np.isnan(oracle)) or r["max_difference_to_oracle"] > 1e-12:
         raise RuntimeError(f"evaluate differs from the oracle by {r['max_difference_to_oracle']}")
 
+    # --report on top of the same scoring: its charts and the default gallery, drawn in the parent.
+    report_dir = os.path.join(args.workdir, "evaluate-report")
+    r["evaluate_report"] = run_cli(command(data_dir, pred_path, 1, "--report", report_dir, "--force"))
+    names = os.listdir(report_dir)
+    r["report_bytes"] = sum(os.path.getsize(os.path.join(report_dir, name)) for name in names)
+    r["report_patches_drawn"] = len([name for name in names if name.endswith("_truth0.png")])
+
     def line(name, run, rate, ratio):
         return f"| {name} | {run['seconds']:.2f} | {rate:.1f} | {ratio} | {run['peak_rss_anon'] / 2**20:.0f} MiB |"
 
@@ -414,6 +422,14 @@ def main(argv=None):
         rate = n / r[f"evaluate_{num_proc}"]["seconds"]
         name = f"evaluate --num-proc {num_proc}, in this process"
         lines.append(line(name, r[f"evaluate_{num_proc}"], rate, f"{rate / oracle_rate:.1f}x the oracle"))
+    added = r["evaluate_report"]["seconds"] - r["evaluate_1"]["seconds"]
+    name = (
+        f"evaluate --num-proc 1 --report DIR, in this process ({r['report_patches_drawn']} patches drawn, "
+        f"{r['report_bytes'] / 1e6:.1f} MB)"
+    )
+    lines.append(
+        line(name, r["evaluate_report"], n / r["evaluate_report"]["seconds"], f"+{added:.2f} s for the report")
+    )
 
     if args.official:
         inputs = official_inputs(args.workdir, paths, pred_path, n)

@@ -20,11 +20,13 @@ import sys
 import pannuke_imagemask as pim
 
 from . import __version__, detection, metrics, results
-from .common import add_source_arguments, command_parser, config_named, resolve_source, run_cli
+from .common import add_source_arguments, command_parser, config_named, refuse_non_empty, resolve_source, run_cli
 from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, open_prediction
 from .predictions.classes import parse_class_map
+from .report import DEFAULT_PATCHES as REPORT_PATCHES
+from .report import write_report
 from .scoring import score_rows
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,20 @@ def _get_parser():
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write an HTML report in this folder: charts per class and tissue, the type confusion and "
+        "the worst patches' outlines (DIR/index.html; a non-empty DIR needs --force)",
+    )
+    parser.add_argument(
+        "--report-patches",
+        type=int,
+        default=REPORT_PATCHES,
+        metavar="N",
+        help="--report: the gallery's patches per list (the lowest bPQ, and the lowest PQ of each class)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --report DIR")
     # Scoring reads the folds on disk; no --config default in the parser: --protocol implies folds, else part1.
     add_source_arguments(parser, download=False, work="scoring", config_default="part1; folds with --protocol")
     return parser
@@ -289,6 +305,9 @@ def run_protocol(args, config, families):
         "config": "folds",
         "version": __version__,
     }
+    if args.report:
+        pages = {f"split{k}": run for k, run in runs.items()}
+        write_report(args.report, pages, summary=summary, patches=args.report_patches, force=args.force)
     reports = [(args.json, results.json_report(report))] if args.json else []
     if args.per_patch:
         labelled = [(f"split{k}", run) for k, run in runs.items()]
@@ -324,6 +343,10 @@ def run_split(args, config, families):
             | {"test": "paired permutation, two-sided", "permutations": replicates, "values": comparison},
             "version": __version__,
         }
+    if args.report:
+        pages = {"": run} if second is None else {"pred": run, "compare": other}
+        comparison = None if second is None else result["comparison"]
+        write_report(args.report, pages, comparison=comparison, patches=args.report_patches, force=args.force)
     reports = [(args.json, results.json_report(result))] if args.json else []
     if args.per_patch:
         runs = [(None, run)] if second is None else [("pred", run), ("compare", other)]
@@ -340,6 +363,10 @@ def evaluate(args, config):
     _check_output(args.per_patch, "--per-patch")
     if args.json and args.per_patch and os.path.abspath(args.json) == os.path.abspath(args.per_patch):
         raise ValueError(f"{args.json}: --json and --per-patch name the same file")
+    if args.report:
+        if args.report_patches < 0:
+            raise ValueError(f"--report-patches must be 0 or more, got {args.report_patches}")
+        refuse_non_empty(os.path.abspath(args.report), args.force, "replace")  # before any patch is scored
     if args.protocol:
         return run_protocol(args, config, families)
     return run_split(args, config, families)

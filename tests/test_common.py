@@ -59,6 +59,7 @@ def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
         ("evaluate", "--metrics"): "pannuke, hovernet",
         ("evaluate", "--bootstrap"): "0, none; 1000 with --compare",
         ("evaluate", "--seed"): "0",
+        ("evaluate", "--report-patches"): "3",
     }
     assert shown == expected
 

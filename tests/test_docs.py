@@ -96,6 +96,7 @@ def test_every_command_of_the_readme_runs(three_folds, tmp_path, monkeypatch):
         assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0, command
     assert uploads == 1
     assert (tmp_path / "test.json").is_file() and (tmp_path / "hub-repo" / "README.md").is_file()
+    assert (tmp_path / "report" / "index.html").is_file()  # evaluate --report
 
 
 # Links: [text](path), [text](path#anchor), [text](#anchor); images ![alt](path) too.
