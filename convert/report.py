@@ -95,18 +95,9 @@ def _data(value):
     return repr(float(value)) if _finite(value) else "null"
 
 
-def _get(tree, path):
-    """The value at a key path of nested dicts, None where it is absent."""
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
 def _interval(result, family, path):
     """(low, high) of the number at path of a family's numbers, where --bootstrap computed intervals."""
-    found = _get(result, ("intervals", "values", family, *path))
+    found = results.value_at(result, ("intervals", "values", family, *path))
     return tuple(found) if found is not None else None
 
 
@@ -441,7 +432,7 @@ def _headline(runs, comparison):
     label0 = next(iter(runs))
     first = runs[label0]["result"]
     cards = "".join(
-        f'<div class="card">{_cell(_get(first, path), "card." + ".".join(path), label0, "b")}'
+        f'<div class="card">{_cell(results.value_at(first, path), "card." + ".".join(path), label0, "b")}'
         f"<span>{name}{'' if len(runs) == 1 else ' of ' + html.escape(label0)}</span></div>"
         for path, name, _, _ in HEADLINE[:3]
     )
@@ -459,9 +450,9 @@ def _headline(runs, comparison):
         row = [_th(name)]
         for label, run in runs.items():
             interval = _interval(run["result"], family, inner)
-            row.append(_cell(_get(run["result"], path), ".".join(path), label, interval=interval))
+            row.append(_cell(results.value_at(run["result"], path), ".".join(path), label, interval=interval))
         if comparison is not None:
-            found = _get(comparison["values"], (family, *inner))
+            found = results.value_at(comparison["values"], (family, *inner))
             row.append(_cell(found["difference"], ".".join(path), "difference", interval=found["interval"]))
             row.append(_cell(found["p_value"], ".".join(path), "p"))
         rows.append(row)
@@ -682,8 +673,8 @@ def _protocol_table(summary, runs):
     rows = []
     for path, name in keys:
         key = "protocol." + ".".join(path)
-        row = [_th(name)] + [_cell(_get(run["result"], path), key, label) for label, run in runs.items()]
-        row += [_cell(_get(summary[s], path), key, s) for s in ("mean", "std")]
+        row = [_th(name)] + [_cell(results.value_at(run["result"], path), key, label) for label, run in runs.items()]
+        row += [_cell(results.value_at(summary[s], path), key, s) for s in ("mean", "std")]
         rows.append(row)
     tissues = [t for t in pim.TISSUES if _finite(summary["mean"]["per_tissue"][t]["mPQ"])
                or _finite(summary["mean"]["per_tissue"][t]["bPQ"])]  # fmt: skip
@@ -692,8 +683,8 @@ def _protocol_table(summary, runs):
             path = ("per_tissue", tissue, k)
             row = [_th(f"{k} {tissue}")]
             key = "protocol." + ".".join(path)
-            row += [_cell(_get(run["result"], path), key, label) for label, run in runs.items()]
-            row += [_cell(_get(summary[s], path), key, s) for s in ("mean", "std")]
+            row += [_cell(results.value_at(run["result"], path), key, label) for label, run in runs.items()]
+            row += [_cell(results.value_at(summary[s], path), key, s) for s in ("mean", "std")]
             rows.append(row)
     note = (
         "The three splits' numbers, their mean and their population standard deviation (ddof 0); "

@@ -173,7 +173,8 @@ def per_patch_report(runs):
     return write
 
 
-def _get(tree, path):
+def value_at(tree, path):
+    """The value at a key path of nested dicts, None where it is absent."""
     for key in path:
         if not isinstance(tree, dict) or key not in tree:
             return None
@@ -182,7 +183,7 @@ def _get(tree, path):
 
 
 def _interval_text(result, family, path):
-    interval = _get(result.get("intervals", {}), ("values", family, *path))
+    interval = value_at(result.get("intervals", {}), ("values", family, *path))
     return f"  [{shown(interval[0])}, {shown(interval[1])}]" if interval else ""
 
 
@@ -206,7 +207,7 @@ def report_lines(result):
     for label, family, paths in SECOND_BLOCK:
         numbers = result["metrics"].get(family)
         if numbers is not None:
-            second.append(f"{label:<36} " + " / ".join(shown(_get(numbers, path)) for path in paths))
+            second.append(f"{label:<36} " + " / ".join(shown(value_at(numbers, path)) for path in paths))
     if second:
         lines += ["", *second]
     lines += ["", f"{'class':<14} {'PQ':>8} {'F1':>8}"]
@@ -235,7 +236,7 @@ def compare_lines(comparison, labels):
     """The comparison table: for each headline number, both values, the difference, its interval and p."""
     lines = ["", f"{'':<16}{labels[0]:>10}{labels[1]:>10}{'diff':>10}  {'95% interval':<20}{'p':>8}"]
     for label, family, path in HEADLINE:
-        row = _get(comparison, (family, *path))
+        row = value_at(comparison, (family, *path))
         if row is None:
             continue
         low, high = row["interval"]
@@ -307,7 +308,7 @@ def protocol_lines(summary, results):
     for label, family, paths in SECOND_BLOCK:
         if family in values[0]["metrics"]:
             for path in paths:
-                row(f"{family} {'.'.join(path)}", lambda v, f=family, p=path: _get(v["metrics"][f], p))
+                row(f"{family} {'.'.join(path)}", lambda v, f=family, p=path: value_at(v["metrics"][f], p))
     for name in pim.NUCLEUS_CLASSES:
         row(f"PQ {name}", lambda v, n=name: v["per_class"][n])
     for name in pim.NUCLEUS_CLASSES:
