@@ -41,6 +41,7 @@ FORMATS = (
     "cellvit",
     "nnunet",
     "cellpose",
+    "conic",
 )  # timed against the imagemask export at --num-proc 1
 
 
