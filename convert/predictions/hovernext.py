@@ -236,7 +236,7 @@ def open_layout(path, patches, size, **options):
     if os.path.exists(os.path.join(path, MAP)):  # HoVer-NeXt run on one .npy stack: one map of all images
         raise PredictionError(
             f"{path}: one HoVer-NeXt output folder (of an .npy stack?); evaluate reads its output of the split's "
-            f"PNGs, one folder per patch: main.py --input \"<split>/*.png\" --output_root OUT, then --pred OUT"
+            f'PNGs, one folder per patch: main.py --input "<split>/*.png" --output_root OUT, then --pred OUT'
         )
     ids = [patch for patch, _ in prediction.patches]
     outputs = {

@@ -19,7 +19,6 @@ Negative ids are refused: csbdeep's `save_tiff_imagej_compatible` stores int32 l
 import os
 import struct
 
-import numpy as np
 
 from .base import Prediction, PredictionError, class_agnostic, empty_prediction, listing, patch_files
 
