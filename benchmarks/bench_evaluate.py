@@ -9,7 +9,8 @@ Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed 
 - The command on all patches (one split holding them all) at 1 and 2 processes, in this process, against
   the oracle of the tests (one boolean mask per nucleus, as the official script) on the first patches.
 - --official DIR (a checkout of github.com/TissueImageAnalytics/PanNuke-metrics, its run.py unchanged):
-  that script and `python -m convert evaluate` as separate processes, start-up included, run in turns
+  that script and `python -m convert evaluate` (also with --metrics all and --bootstrap 1000) as separate
+  processes on the prediction in the official layout (float64, 6 channels), start-up included, run in turns
   --repeats times (the fastest of each counts), on a copy of the fold and prediction without the nuclei
   wholly covered by a later channel (the official script stops with an IndexError on those; every fake
   patch has one). Its mPQ and bPQ must equal the command's. docopt, which it imports only to read its
@@ -48,7 +49,7 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
-from convert.evaluate import SCORE_COLUMNS
+from convert.results import SCORE_COLUMNS
 from convert.sample import fold_paths, write_fold
 
 # Runs the official run.py as its own __main__, with docopt's one call answered from our argv.
@@ -117,6 +118,14 @@ def visible_only(channels):
     return out
 
 
+def official_layout(channels):
+    """(H, W, 6) float64 as PanNuke's own masks.npy: the 5 class channels, then channel 5 (1 where no nucleus)."""
+    out = np.zeros((*channels.shape[:2], 6))
+    out[..., :5] = channels
+    out[..., 5] = ~channels.any(axis=-1)
+    return out
+
+
 def read_all(*paths):
     """Read files once so that every timed run reads them from the page cache, none from disk."""
     for path in paths:
@@ -173,7 +182,7 @@ def run_oracle(masks, pred, n):
 
 def official_inputs(workdir, paths, pred_path, n):
     """A copy of fold and prediction the official script can score, and its true_path / pred_path folders."""
-    root = os.path.join(workdir, f"official-{n}")
+    root = os.path.join(workdir, f"official64-{n}")  # 64: the prediction in the official float64 layout
     data_dir = os.path.join(root, "data")
     clean = fold_paths(data_dir, 1, "kaggle")
     true_dir, pred_dir = os.path.join(root, "true"), os.path.join(root, "pred")
@@ -187,7 +196,8 @@ def official_inputs(workdir, paths, pred_path, n):
         write_array(clean["masks"], masks.shape, masks.dtype, (visible_only(m) for m in masks))
         pred = np.lib.format.open_memmap(pred_path, mode="r")
         os.makedirs(pred_dir)
-        write_array(os.path.join(pred_dir, "masks.npy"), pred.shape, pred.dtype, (visible_only(p) for p in pred))
+        rows = (official_layout(visible_only(p)) for p in pred)
+        write_array(os.path.join(pred_dir, "masks.npy"), (*pred.shape[:3], 6), np.float64, rows)
         os.makedirs(true_dir)
         os.symlink(os.path.abspath(clean["masks"]), os.path.join(true_dir, "masks.npy"))
         os.symlink(os.path.abspath(paths["types"]), os.path.join(true_dir, "types.npy"))
@@ -196,8 +206,10 @@ def official_inputs(workdir, paths, pred_path, n):
 
 
 def official_rows(official, inputs, repeats):
-    """The fastest of `repeats` turns of: the official script, evaluate --num-proc 1, evaluate --num-proc 2."""
-    runs = {"official": [], "process_1": [], "process_2": []}
+    """The fastest of `repeats` turns of: the official script, evaluate --num-proc 1 and 2, and at one process
+    evaluate --metrics all and evaluate --bootstrap 1000."""
+    runs = {"official": [], "process_1": [], "process_2": [], "all_1": [], "bootstrap_1": []}
+    extra = {"all_1": ["--metrics", "all"], "bootstrap_1": ["--bootstrap", "1000"]}
     result_path = os.path.join(os.path.dirname(inputs["save"]), "evaluate.json")
     os.makedirs(inputs["save"], exist_ok=True)
     official_argv = [sys.executable, "-c", OFFICIAL_RUNNER, official, inputs["true"], inputs["pred"], inputs["save"]]
@@ -206,6 +218,9 @@ def official_rows(official, inputs, repeats):
         for num_proc in (1, 2):
             argv = command(inputs["data_dir"], os.path.join(inputs["pred"], "masks.npy"), num_proc, "--json")
             runs[f"process_{num_proc}"].append(run_process([sys.executable, "-m", "convert", *argv, result_path]))
+        for key, options in extra.items():
+            argv = command(inputs["data_dir"], os.path.join(inputs["pred"], "masks.npy"), 1, *options)
+            runs[key].append(run_process([sys.executable, "-m", "convert", *argv]))
     out = runs["official"][-1]["stdout"]
     official_numbers = {key: float(re.search(rf"Average {key}:(\S+)", out).group(1)) for key in ("mPQ", "bPQ")}
     with open(result_path) as f:
@@ -423,6 +438,11 @@ def main(argv=None):
             lines.append(
                 line(f"python -m convert evaluate --num-proc {num_proc}", run, n / run["seconds"], f"{ratio:.1f}x")
             )
+        default = o["process_1"]["seconds"]
+        for key, label in (("all_1", "--metrics all"), ("bootstrap_1", "--bootstrap 1000")):
+            run = o[key]
+            ratio = f"{o['official']['seconds'] / run['seconds']:.1f}x; {run['seconds'] / default:.2f}x the default"
+            lines.append(line(f"python -m convert evaluate {label}", run, n / run["seconds"], ratio))
 
     if args.readers:
         layouts = write_layouts(os.path.join(args.workdir, f"layouts-{n}"), pred_path, n)

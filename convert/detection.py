@@ -6,13 +6,13 @@ radius are dropped after it; the counts of every patch are summed, and the score
 Plain functions of numpy arrays.
 """
 
-import math
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 import pannuke_imagemask as pim
+
+from .numbers import ratio as _ratio
 
 RADIUS = 12.0  # pixels: HoVer-Net's for PanNuke's 40x patches (CellViT uses 6 at 20x)
 CLASS_TYPES = range(1, pim.NUM_CLASS_CHANNELS + 1)  # HoVer-Net type ids of the classes: channel + 1
@@ -31,8 +31,9 @@ def _type_counts(types):
     return np.bincount(types[(types >= 1) & (types <= len(CLASS_TYPES))], minlength=len(CLASS_TYPES) + 1)[1:]
 
 
-def pair_counts(true_xy, true_types, pred_xy, pred_types, radius=RADIUS):
-    """One patch's counts, in COUNT_COLUMNS order, as HoVer-Net's run_nuclei_type_stat counts them.
+def pairing(true_xy, true_types, pred_xy, pred_types, radius=RADIUS):
+    """(true types of the pairs, their predicted types, unpaired true types, unpaired predicted types), as
+    HoVer-Net's run_nuclei_type_stat pairs one patch's nuclei.
 
     true_xy / pred_xy are (N, 2) points (x, y), the types (N,) integers (1..5 the classes, 0 none). A
     side without nuclei gets one point (0, 0) of type 0, which pairs and counts like any other: two
@@ -44,9 +45,22 @@ def pair_counts(true_xy, true_types, pred_xy, pred_types, radius=RADIUS):
     true_index, pred_index = linear_sum_assignment(distance)
     kept = distance[true_index, pred_index] <= radius  # the radius filters the optimal pairs afterwards
     paired_true, paired_pred = true_index[kept], pred_index[kept]
-    true_paired, pred_paired = true_types[paired_true], pred_types[paired_pred]
-    unpaired_true = np.delete(true_types, paired_true)
-    unpaired_pred = np.delete(pred_types, paired_pred)
+    return (
+        true_types[paired_true],
+        pred_types[paired_pred],
+        np.delete(true_types, paired_true),
+        np.delete(pred_types, paired_pred),
+    )
+
+
+def pair_counts(true_xy, true_types, pred_xy, pred_types, radius=RADIUS):
+    """One patch's counts, in COUNT_COLUMNS order, as HoVer-Net's run_nuclei_type_stat counts them."""
+    return counts_of(pairing(true_xy, true_types, pred_xy, pred_types, radius))
+
+
+def counts_of(paired):
+    """The COUNT_COLUMNS counts of a pairing."""
+    true_paired, pred_paired, unpaired_true, unpaired_pred = paired
     same = true_paired == pred_paired
     per_class = np.stack(
         [
@@ -58,8 +72,17 @@ def pair_counts(true_xy, true_types, pred_xy, pred_types, radius=RADIUS):
         ],
         axis=1,
     )
-    detection = [len(paired_true), len(unpaired_pred), len(unpaired_true), int(same.sum())]
+    detection = [len(true_paired), len(unpaired_pred), len(unpaired_true), int(same.sum())]
     return np.concatenate([detection, per_class.ravel()]).astype(np.int64)
+
+
+def confusion_of(paired):
+    """(6, 6) counts of the pairs by (true type, predicted type), 0 = no type (HoVer-Net's dummy point too)."""
+    true_paired, pred_paired, _, _ = paired
+    size = len(CLASS_TYPES) + 1
+    valid = (true_paired >= 0) & (true_paired < size) & (pred_paired >= 0) & (pred_paired < size)
+    keys = true_paired[valid].astype(np.int64) * size + pred_paired[valid]
+    return np.bincount(keys, minlength=size * size).reshape(size, size)
 
 
 def _side(xy, types):
@@ -69,29 +92,35 @@ def _side(xy, types):
     return xy.astype(np.float32), np.asarray(types).astype(np.int32).ravel()
 
 
-def _ratio(numerator, denominator):
-    return numerator / denominator if denominator else math.nan
-
-
-def summarize(counts, classified=True, radius=RADIUS):
-    """The scores from the counts of every patch summed: {"detection": {...}, "f1_per_class": {...}}.
+def scores(total, classified=True):
+    """The F1 scores of summed counts (R, len(COUNT_COLUMNS)): {"detection": {...}, "f1_per_class": {...}}, (R,) each.
 
     F_d = 2 TP / (2 TP + FP + FN); type accuracy = pairs of equal type / pairs; per class t,
     F_t = 2 TP_t / (2 TP_t + 2 FP_t + 2 FN_t + FP_d,t + FN_d,t) (HoVer-Net's weights 2, 2, 1, 1; its
     TN_t is always 0). Without classes (classified False) type accuracy and F_t are NaN: not available.
     """
-    total = np.asarray(counts, dtype=np.int64).reshape(-1, len(COUNT_COLUMNS)).sum(axis=0)
-    pairs, fp, fn, same = (int(v) for v in total[:4])
-    per_class = total[4:].reshape(len(CLASS_TYPES), len(CLASS_COUNTS))
+    total = np.asarray(total, dtype=np.float64).reshape(-1, len(COUNT_COLUMNS))
+    pairs, fp, fn, same = (total[:, k] for k in range(4))
+    nan = np.full(len(total), np.nan)
     detection = {
         "f1": _ratio(2 * pairs, 2 * pairs + fp + fn),
         "precision": _ratio(pairs, pairs + fp),
         "recall": _ratio(pairs, pairs + fn),
-        "type_accuracy": _ratio(same, pairs) if classified else math.nan,
-        "radius": float(radius),
+        "type_accuracy": _ratio(same, pairs) if classified else nan,
     }
+    per_class = total[:, 4:].reshape(len(total), len(CLASS_TYPES), len(CLASS_COUNTS))
     f1_per_class = {}
-    for name, (tp_t, fp_t, fn_t, fp_d, fn_d) in zip(pim.NUCLEUS_CLASSES, per_class.tolist()):
+    for k, name in enumerate(pim.NUCLEUS_CLASSES):
+        tp_t, fp_t, fn_t, fp_d, fn_d = (per_class[:, k, j] for j in range(len(CLASS_COUNTS)))
         f1 = _ratio(2 * tp_t, 2 * tp_t + 2 * fp_t + 2 * fn_t + fp_d + fn_d)
-        f1_per_class[name] = f1 if classified else math.nan
+        f1_per_class[name] = f1 if classified else nan
     return {"detection": detection, "f1_per_class": f1_per_class}
+
+
+def summarize(counts, classified=True, radius=RADIUS):
+    """The scores from the counts of every patch summed, as floats, with the radius: see scores()."""
+    total = np.asarray(counts, dtype=np.int64).reshape(-1, len(COUNT_COLUMNS)).sum(axis=0)
+    result = scores(total[None], classified)
+    detection = {key: float(value[0]) for key, value in result["detection"].items()}
+    detection["radius"] = float(radius)
+    return {"detection": detection, "f1_per_class": {k: float(v[0]) for k, v in result["f1_per_class"].items()}}

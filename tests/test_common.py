@@ -56,6 +56,9 @@ def test_every_command_shows_each_meaningful_default_once(capsys, monkeypatch):
         ("evaluate", "--f1-radius"): "12.0",
         ("evaluate", "--min-score"): "0.5",
         ("evaluate", "--max-overlap"): "0.5",
+        ("evaluate", "--metrics"): "pannuke, hovernet",
+        ("evaluate", "--bootstrap"): "0, none; 1000 with --compare",
+        ("evaluate", "--seed"): "0",
     }
     assert shown == expected
 

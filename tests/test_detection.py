@@ -3,13 +3,13 @@
 import math
 
 import f1_oracle
+import metric_helpers as mh
 import numpy as np
 import pytest
 from pannuke_fixtures import raw_fold
 
 import pannuke_imagemask as pim
 from convert import detection
-from convert import evaluate as ev
 from convert.predictions import PatchPrediction
 
 CLASS = {name: k + 1 for k, name in enumerate(pim.NUCLEUS_CLASSES)}  # HoVer-Net type ids
@@ -166,7 +166,7 @@ def test_true_nuclei_are_the_builders_instance_mask_at_the_mean_of_their_pixels(
         _, masks, _ = raw_fold(root, fold, layout)
         for index in range(len(masks)):
             ids = pim.mask_to_ids(np.asarray(masks[index]))
-            points, types = ev.binary_points(*ev._qualities(ids, ids, 5)[2][0], ids.shape[1])
+            points, types = mh.binary_points(ids)
             expected_points, expected_types = f1_oracle.truth_nuclei(masks[index])
             np.testing.assert_array_equal(types, expected_types)
             np.testing.assert_array_equal(points, expected_points)
@@ -182,7 +182,7 @@ def test_score_patch_pairs_the_truth_with_the_predicted_points(three_folds):
         pred_points = true_points + rng.normal(0, 5, size=true_points.shape)
         pred_types = np.where(rng.random(len(true_types)) < 0.8, true_types, 3)
         prediction = PatchPrediction(ids.astype(np.int64), pred_points, pred_types)
-        ours.append(ev.score_patch(ids, prediction, 12)[1])
+        ours.append(mh.score_patch(ids, prediction, 12)[1])
         patches.append((true_points, true_types, pred_points, pred_types))
     result = detection.summarize(ours)
     expected = f1_oracle.type_stats(patches)
@@ -199,7 +199,7 @@ def test_a_prediction_without_points_is_scored_on_its_channels_binary_map(three_
         ids = pim.mask_to_ids(np.asarray(masks[index]))
         pred = np.roll(ids, (index % 5, 3), axis=(0, 1)).astype(np.int64)
         pred[..., 2][pred[..., 0] != 0] = 9  # nuclei covered by a later channel, wholly or partly
-        ours.append(ev.score_patch(ids, PatchPrediction(pred, None, None), 12)[1])
+        ours.append(mh.score_patch(ids, PatchPrediction(pred, None, None), 12)[1])
         patches.append((*f1_oracle.truth_nuclei(masks[index]), *f1_oracle.binary_nuclei(pred)))
     np.testing.assert_array_equal(np.sum(ours, axis=0), np.sum([detection.pair_counts(*p) for p in patches], axis=0))
     expected = f1_oracle.type_stats(patches)

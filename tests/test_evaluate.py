@@ -9,14 +9,15 @@ import subprocess
 import sys
 
 import f1_oracle
+import metric_helpers as mh
 import numpy as np
 import pq_oracle
 import pytest
 from pannuke_fixtures import raw_fold
+from perturb import perturb
 
 import pannuke_imagemask as pim
-from convert import detection
-from convert import evaluate as ev
+from convert import detection, panoptic, results
 from convert.__main__ import main
 from convert.predictions import PatchPrediction, hovernet_to_channels
 
@@ -49,21 +50,21 @@ TRUTH = channels(
 
 
 def test_a_perfect_prediction_scores_0_999999_per_nucleus_class_present():
-    scores = ev.patch_scores(TRUTH, TRUTH.copy())
+    scores = mh.patch_scores(TRUTH, TRUTH.copy())
     neoplastic, dead = 3 / (3 + 1e-6), PERFECT_1
     close(scores, [neoplastic, np.nan, np.nan, dead, np.nan, (neoplastic + dead) / 2, 4 / (4 + 1e-6)])
     assert scores[3] == pytest.approx(0.999999, abs=1e-11)
 
 
 def test_an_empty_prediction_scores_zero():
-    close(ev.patch_scores(TRUTH, np.zeros_like(TRUTH)), [0, np.nan, np.nan, 0, np.nan, 0, 0])
+    close(mh.patch_scores(TRUTH, np.zeros_like(TRUTH)), [0, np.nan, np.nan, 0, np.nan, 0, 0])
 
 
 def test_a_class_absent_from_the_truth_is_nan_and_its_false_positives_do_not_count():
     pred = TRUTH.copy()
     pred[7, 0:4, 1] = 99  # a spurious inflammatory nucleus; the truth has none
     pred[7, 0:4, 4] = 98
-    scores = ev.patch_scores(TRUTH, pred)
+    scores = mh.patch_scores(TRUTH, pred)
     assert math.isnan(scores[1]) and math.isnan(scores[4])
     assert scores[5] == (3 / (3 + 1e-6) + PERFECT_1) / 2
     # The binary map has no classes: the spurious nucleus is a false positive there.
@@ -75,20 +76,20 @@ def test_iou_of_exactly_one_half_is_not_a_match():
     true[0, 0:3] = 1
     half = np.zeros_like(true)
     half[0, 1:4] = 1  # 2 shared pixels of 4 in the union
-    assert ev.panoptic_quality(true, half) == 0.0
+    assert panoptic.panoptic_quality(true, half) == 0.0
     two_thirds = np.zeros_like(true)
     two_thirds[0, 1:3] = 1
-    assert ev.panoptic_quality(true, two_thirds) == (2 / 3) / (1 + 1e-6)
+    assert panoptic.panoptic_quality(true, two_thirds) == (2 / 3) / (1 + 1e-6)
     assert pq_oracle.pq(true, half) == 0.0
 
 
 def test_a_nucleus_covered_by_a_later_channel_counts_in_its_class_not_in_the_binary_map():
     truth = channels((0, 9, slice(2, 4), slice(2, 4)), (3, 4, slice(1, 5), slice(1, 5)), (0, 2, slice(6, 8), 0))
     two = 2 / (2 + 1e-6)
-    close(ev.patch_scores(truth, truth.copy()), [two, np.nan, np.nan, PERFECT_1, np.nan, (two + PERFECT_1) / 2, two])
+    close(mh.patch_scores(truth, truth.copy()), [two, np.nan, np.nan, PERFECT_1, np.nan, (two + PERFECT_1) / 2, two])
     missed = truth.copy()
     missed[..., 0][missed[..., 0] == 9] = 0  # the covered nucleus is invisible: predicting it is not required in bPQ
-    scores = ev.patch_scores(truth, missed)
+    scores = mh.patch_scores(truth, missed)
     close(scores[[0, 6]], [1 / 1.5 * 1 / (1 + 1e-6), two])
     close(scores, pq_oracle.patch_scores(truth, missed))
 
@@ -96,19 +97,19 @@ def test_a_nucleus_covered_by_a_later_channel_counts_in_its_class_not_in_the_bin
 def test_a_map_without_background_is_scored_like_any_other():
     whole = np.full((8, 8, 5), 0, dtype=np.int64)
     whole[..., 2] = 7  # one connective nucleus covering the patch: no background pixel
-    close(ev.patch_scores(whole, whole.copy()), [np.nan, np.nan, PERFECT_1, np.nan, np.nan, PERFECT_1, PERFECT_1])
+    close(mh.patch_scores(whole, whole.copy()), [np.nan, np.nan, PERFECT_1, np.nan, np.nan, PERFECT_1, PERFECT_1])
     halves = whole.copy()
     halves[:, 4:, 2] = 8  # two predicted nuclei of IoU exactly 0.5 each: no match
-    close(ev.patch_scores(whole, halves), [np.nan, np.nan, 0, np.nan, np.nan, 0, 0])
+    close(mh.patch_scores(whole, halves), [np.nan, np.nan, 0, np.nan, np.nan, 0, 0])
     three_quarters = whole.copy()
     three_quarters[:, 6:, 2] = 8
-    close(ev.panoptic_quality(whole[..., 2], three_quarters[..., 2]), 1 / 1.5 * 0.75 / (1 + 1e-6))
+    close(panoptic.panoptic_quality(whole[..., 2], three_quarters[..., 2]), 1 / 1.5 * 0.75 / (1 + 1e-6))
 
 
 def test_a_patch_without_nuclei_is_nan_everywhere_and_skipped_by_the_means():
-    scores = ev.patch_scores(np.zeros((8, 8, 5), np.uint16), TRUTH)
+    scores = mh.patch_scores(np.zeros((8, 8, 5), np.uint16), TRUTH)
     assert np.isnan(scores).all()
-    summary = ev.summarize([scores, ev.patch_scores(TRUTH, TRUTH.copy())], ["Breast", "Breast"])
+    summary = mh.summarize([scores, mh.patch_scores(TRUTH, TRUTH.copy())], ["Breast", "Breast"])
     assert summary["per_tissue"]["Breast"] == {
         "patches": 2,
         "mPQ": (3 / (3 + 1e-6) + PERFECT_1) / 2,
@@ -124,7 +125,7 @@ def test_tissues_weigh_equally_and_classes_are_averaged_over_patches():
         [0, 0.5, np.nan, np.nan, np.nan, 0.25, 0.5],
         [0] + [np.nan] * 4 + [0, 0],
     ]
-    summary = ev.summarize(scores, ["Breast", "Breast", "Liver"])
+    summary = mh.summarize(scores, ["Breast", "Breast", "Liver"])
     assert summary["mPQ"] == (0.625 + 0) / 2 and summary["bPQ"] == (0.75 + 0) / 2
     assert summary["per_class"]["neoplastic"] == 1 / 3 and summary["per_class"]["inflammatory"] == 0.5
     assert math.isnan(summary["per_class"]["dead"])
@@ -148,50 +149,6 @@ def test_a_nucleus_takes_the_class_of_most_of_its_pixels_ties_to_the_lower_type(
 # ---------------------------------------------------------------------------------------------
 # Randomised predictions against the oracle.
 # ---------------------------------------------------------------------------------------------
-
-
-def _erode(mask):
-    inner = mask.copy()
-    for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1)):
-        inner &= np.roll(mask, shift, axis=axis)
-    return inner
-
-
-def perturb(truth, rng):
-    """A prediction from the truth: nuclei shifted, eroded, merged, split, dropped, relabelled, spurious ones."""
-    pred = np.zeros(truth.shape[:2] + (5,), dtype=np.int64)
-    new_ids = iter(rng.choice(np.arange(1, 200_000), size=4000, replace=False))  # not consecutive
-    last_in = {}
-    for c in range(5):
-        for value in np.unique(truth[..., c]):
-            if value == 0:
-                continue
-            mask = truth[..., c] == value
-            action = rng.choice(["keep", "shift", "erode", "merge", "split", "drop", "relabel"])
-            channel, new = c, next(new_ids)
-            if action == "drop":
-                continue
-            if action == "shift":
-                mask = np.roll(mask, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
-            elif action == "erode":
-                mask = _erode(mask)
-            elif action == "merge" and c in last_in:
-                new = last_in[c]
-            elif action == "relabel":
-                channel = int(rng.integers(5))
-            elif action == "split":
-                cols = np.nonzero(mask.any(axis=0))[0]
-                right = mask.copy()
-                right[:, : cols[len(cols) // 2]] = False
-                pred[..., channel][right] = next(new_ids)
-                mask = mask & ~right
-            pred[..., channel][mask] = new
-            last_in[channel] = new
-    yy, xx = np.ogrid[: truth.shape[0], : truth.shape[1]]
-    for _ in range(int(rng.integers(0, 6))):
-        cy, cx, r = rng.integers(0, truth.shape[0], size=2).tolist() + [int(rng.integers(2, 8))]
-        pred[..., int(rng.integers(5))][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = next(new_ids)
-    return pred
 
 
 @pytest.fixture(scope="module")
@@ -239,15 +196,15 @@ def f1_fold1(fold1_prediction):
 def test_patch_scores_equal_the_oracle_on_randomised_predictions(fold1_prediction, oracle_fold1):
     masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
     for i in range(len(masks)):
-        close(ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), oracle_fold1[0][i])
+        close(mh.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), oracle_fold1[0][i])
 
 
 def test_sparse_overlaps_give_the_same_scores(fold1_prediction, monkeypatch):
     masks, preds = fold1_prediction["masks"], fold1_prediction["preds"]
-    fast = [ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]) for i in range(8)]
-    monkeypatch.setattr(ev, "DENSE_PAIRS", 0)
+    fast = [mh.patch_scores(pim.mask_to_ids(masks[i]), preds[i]) for i in range(8)]
+    monkeypatch.setattr(panoptic, "DENSE_PAIRS", 0)
     for i in range(8):
-        close(ev.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), fast[i])
+        close(mh.patch_scores(pim.mask_to_ids(masks[i]), preds[i]), fast[i])
 
 
 def _run(three_folds, pred, tmp_path, *extra):
@@ -503,7 +460,7 @@ def test_the_sample_is_scored_perfectly_by_its_own_masks(tmp_path, capsys):
 
 def test_a_class_agnostic_prediction_has_no_class_pq_or_mpq_but_its_bpq_and_detection():
     prediction = PatchPrediction(TRUTH.copy(), np.array([[0.5, 0.5], [1.0, 4.5]]), np.zeros(2, dtype=np.int64))
-    scores, counts = ev.score_patch(TRUTH, prediction, 12, classified=False)
+    scores, counts = mh.score_patch(TRUTH, prediction, 12, classified=False)
     assert np.isnan(scores[:6]).all() and scores[6] == 4 / (4 + 1e-6)
     found = dict(zip(detection.COUNT_COLUMNS, counts))
     assert (found["pairs"], found["unpaired_pred"], found["unpaired_true"], found["same_type"]) == (2, 0, 2, 0)
@@ -588,7 +545,7 @@ def test_the_protocol_scores_split_1_and_2_on_fold_3_and_split_3_on_fold_1(
     assert 0 < std["mPQ"] < 0.5 and mean["Breast mPQ"] is not None
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["split", *ev.PER_PATCH_COLUMNS]
+    assert rows[0] == ["split", *results.PER_PATCH_COLUMNS]
     assert [r[:2] for r in rows[1:24]] == [["split1", pim.patch_id(3, i)] for i in range(23)]
     assert [r[:2] for r in rows[24:47]] == [["split2", pim.patch_id(3, i)] for i in range(23)]
     assert [r[:2] for r in rows[47:]] == [["split3", pim.patch_id(1, i)] for i in range(24)]
@@ -611,7 +568,7 @@ def _fake_result(value, tissue_value=None):
 
 
 def test_the_protocol_mean_and_population_std_by_hand():
-    summary = ev.protocol_summary([_fake_result(0.4), _fake_result(0.5, math.nan), _fake_result(0.6)])
+    summary = results.protocol_summary([_fake_result(0.4), _fake_result(0.5, math.nan), _fake_result(0.6)])
     assert summary["mean"]["mPQ"] == pytest.approx(0.5, abs=1e-15)
     assert summary["std"]["mPQ"] == pytest.approx(0.1 * math.sqrt(2 / 3), abs=1e-15)  # ddof=0, not 0.1
     assert summary["mean"]["bPQ"] == pytest.approx(0.25, abs=1e-15)

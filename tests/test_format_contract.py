@@ -124,6 +124,28 @@ def _coco_category(path):
     path.write_text(json.dumps(document))
 
 
+def _geojson_class(path):
+    document = json.loads(path.read_text())
+    document["features"][0]["properties"]["class"] = "dead"
+    path.write_text(json.dumps(document))
+
+
+def _mat_value(path):
+    import scipy.io
+
+    arrays = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    arrays["inst_map"][0, 0] += 1
+    scipy.io.savemat(path, arrays, do_compression=True)
+
+
+def _mat_other():
+    import scipy.io
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"x": np.zeros(2)})
+    return buffer.getvalue()
+
+
 def _text_character(path):
     text = path.read_text()
     path.write_text(text[:2] + ("1" if text[2] != "1" else "2") + text[3:])
@@ -143,6 +165,8 @@ CHANGED = {
     "nnunet": ("labelsTr/fold1_00000.png", _png_pixel, "1 of 65536 pixels differ"),
     "pannuke": ("train/images.npy", _npy_value, "row 0 (fold1_00000): 1 values differ"),
     "yolo": ("labels/train/fold1_00000.txt", _text_character, "line 1 differs from column 3"),
+    "geojson": ("train/fold1_00000.geojson", _geojson_class, "features differ ("),
+    "hovernet-mat": ("train/Labels/fold1_00000.mat", _mat_value, "inst_map: 1 of 65536 values differ"),
     "conic": ("train/labels.npy", _npy_value, "row 0 (fold1_00000): 1 values differ"),
 }
 
@@ -241,6 +265,8 @@ DAMAGED = {
         "labels/train/fold1_00000.txt": ("text",),
         "data.yaml": ("yaml", "an object"),
     },
+    "geojson": {"train/fold1_00000.png": ("png", *RGB), "train/fold1_00000.geojson": ("json", "an object")},
+    "hovernet-mat": {"train/Images/fold1_00000.png": ("png", *RGB), "train/Labels/fold1_00000.mat": ("mat",)},
     "conic": {
         "train/images.npy": ("npy", "uint8", (19, 256, 256, 3)),
         "train/labels.npy": ("npy", "int32", (19, 256, 256, 2)),
@@ -266,6 +292,7 @@ def _damage(kind, damage, data):
         new = _first_line_only(data) if kind in ("text", "rows", "yaml") else data[: len(data) // 2]
     else:  # another file of the same family: a tiny PNG, a float32 .npy, the other JSON/YAML container
         new = {"png": _png_1x1(), "jpeg": _png_1x1(), "npy": _npy_float32(), "label": _npy_float32()}.get(kind)
+        new = _mat_other() if kind == "mat" else new
         if new is None:
             new = b"{}" if detail == ["a list"] else b"[]" if kind == "json" else b"- a\n"
     if kind in ("png", "jpeg"):
@@ -285,6 +312,12 @@ def _damage(kind, damage, data):
             f"truncated: {len(new)} bytes, a label file has {len(data)}"
             if damage in ("empty", "truncated")
             else "is not the .npy of a pickled dict (header differs)"
+        )
+    elif kind == "mat":
+        message = (
+            "holds x, expected inst_centroid, inst_map, inst_type, type_map"
+            if damage == "other"
+            else "is not a readable .mat file"
         )
     elif damage == "garbage":
         message = "is not UTF-8 text"

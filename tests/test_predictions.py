@@ -5,6 +5,7 @@ import os
 import pickle
 
 import cv2
+import metric_helpers as mh
 import numpy as np
 import pytest
 import scipy.io
@@ -18,7 +19,6 @@ import pannuke_imagemask as pim
 from convert.formats.coco import image_id
 from convert.predictions import PredictionError, from_instances, open_prediction
 from convert.predictions.combine import combine
-from convert.predictions.masks import channel_nuclei
 
 SIZE = (256, 256)
 PATCHES = [(pim.patch_id(1, i), image_id(1, i)) for i in range(PART1_PATCHES)]
@@ -67,7 +67,7 @@ def test_masks_gives_its_channels_and_its_f1_nuclei_are_those_of_the_collapsed_m
         assert got.centroids is None and got.types is None  # evaluate takes them from its binary map
         # What that map gives: the builder's instance mask, one nucleus per visible (channel, id) pair.
         _, centroids, types = expected(instance, [n["label"] + 1 for n in nuclei])
-        points, kinds = channel_nuclei(got.channels)
+        points, kinds = mh.binary_points(got.channels)
         np.testing.assert_array_equal(points, centroids)
         np.testing.assert_array_equal(kinds, types)
 
@@ -420,15 +420,16 @@ def test_unrecognised_and_unknown_formats(tmp_path):
     error(
         tmp_path,
         f"{tmp_path}: not a prediction layout evaluate reads (a masks.npy or CoNIC labels.npy, a COCO results .json, "
-        "or a folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, label "
-        "TIFFs, HoVer-NeXt output folders or class PNGs); say which with --pred-format "
-        "masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic|tiff|hovernext|conic",
+        "or a folder of HoVer-Net .mat, .json or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, "
+        "label TIFFs, HoVer-NeXt output folders, class PNGs, CellViT cells.json or GeoJSON); say which with "
+        "--pred-format masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic|hovernet-json|cellvit|geojson|tiff|"
+        "hovernext|conic",
     )
     error(tmp_path / "nothing", f"{tmp_path / 'nothing'}: no such file or folder (--pred)")
     error(
         tmp_path,
-        "unknown prediction format 'mask'; valid: masks, hovernet, hovernet-mat, coco, yolo, cellpose, semantic, tiff, "
-        "hovernext, conic",
+        "unknown prediction format 'mask'; valid: masks, hovernet, hovernet-mat, coco, yolo, cellpose, semantic, "
+        "hovernet-json, cellvit, geojson, tiff, hovernext, conic",
         pred_format="mask",
     )
     error(tmp_path, "--max-overlap must be in 0..1, got 1.5", max_overlap=1.5)

@@ -1,7 +1,7 @@
 """Export formats: one module per format, found by its name; each describes its files once.
 
 A format module defines `FORMAT`, an instance of a `Format` subclass, and is a format because it is in
-this package (names starting with "_" are not). A format says which files its tree holds and what each
+this package (names starting with "_" are not; "_" inside a module's name is "-" in the format's). A format says which files its tree holds and what each
 must hold, as convert.files.File objects; export writes them and verify checks them, both generically:
 
 - `patch_files(split, position, row, options)`: the files of one patch (row: the builder's row, images
@@ -40,7 +40,7 @@ class Format:
 
     @property
     def name(self):
-        return type(self).__module__.rsplit(".", 1)[-1]
+        return format_name(type(self).__module__.rsplit(".", 1)[-1])
 
     @classmethod
     def split_dir(cls, split):
@@ -72,14 +72,21 @@ def undecoded(dataset):
 # The folds config: the official protocol's three (train, val, test) arrangements of the folds.
 FOLD_PROTOCOL = {1: ("fold1", "fold2", "fold3"), 2: ("fold2", "fold1", "fold3"), 3: ("fold3", "fold2", "fold1")}
 
-FORMAT_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+def format_name(module):
+    """A format's name from its module's: "_" becomes "-" (hovernet_mat.py is `hovernet-mat`, as HoVer-Net's
+    users name the .mat layout, beside the `hovernet` .npy one)."""
+    return module.replace("_", "-")
+
+
+FORMAT_NAMES = tuple(sorted(format_name(m.name) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def get_format(name):
     """The format object of a name (its module is imported only when asked for)."""
     if name not in FORMAT_NAMES:
         raise ValueError(f"unknown format {name!r}; valid: {', '.join(FORMAT_NAMES)}")
-    return importlib.import_module(f".{name}", __package__).FORMAT
+    return importlib.import_module(f".{name.replace('-', '_')}", __package__).FORMAT
 
 
 def summary_row(fmt, split, row):

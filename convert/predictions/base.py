@@ -8,9 +8,10 @@ from PIL import Image
 
 import pannuke_imagemask as pim
 
+from ..numbers import distinct
+
 NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
 MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
-DENSE_IDS = 1 << 16  # up to this largest id, a histogram over the ids is cheaper than sorting a patch's pixels
 
 
 class PredictionError(ValueError):
@@ -140,17 +141,9 @@ def majority_types(instance, types):
 
     A nucleus whose pixels are mostly type 0 gets type 0. instance and types are checked non-negative integers.
     """
-    instance, types = instance.ravel(), types.ravel()
-    span = int(instance.max(initial=0)) + 1
-    if span <= DENSE_IDS:  # HoVer-Net's ids run 1..n: one histogram over the ids, no sort of every pixel
-        votes = np.bincount(instance.astype(np.int64) * NUM_TYPES + types, minlength=span * NUM_TYPES)
-        votes = votes.reshape(span, NUM_TYPES)
-        values = np.flatnonzero(votes.any(axis=1))
-        votes, values = votes[values], values.astype(instance.dtype)
-    else:
-        values, inverse = np.unique(instance, return_inverse=True)
-        votes = np.bincount(inverse.ravel() * NUM_TYPES + types, minlength=len(values) * NUM_TYPES)
-        votes = votes.reshape(len(values), NUM_TYPES)
+    values, inverse = distinct(instance)
+    votes = np.bincount(inverse * NUM_TYPES + types.ravel(), minlength=len(values) * NUM_TYPES)
+    votes = votes.reshape(len(values), NUM_TYPES)
     kind = votes.argmax(axis=1)
     nucleus = values != 0
     return values[nucleus], kind[nucleus]
@@ -164,26 +157,28 @@ def check_ids(values, where, what="prediction", channels=None):
     values = np.asarray(values)
     if values.dtype.kind not in "biuf":  # a MATLAB struct or cell, complex numbers, strings: not ids
         raise PredictionError(f"{where}: {what} has dtype {values.dtype}, expected integers")
-    # The whole array first: contiguous, fast. Only if that fails, the channels that count (strided, slow).
     if values.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):  # NaN, inf and huge values cast to garbage, and then differ
-            ids = values.astype(np.int64)
+        # One cast of the channels that count into int32 (the official script's truncation), then one comparison:
+        # equal only if every value is an integer in int32's range. float64 masks.npy predictions take this path.
         checked = values[..., :channels]
-        if np.array_equal(ids, values) or np.array_equal(ids[..., :channels], checked):
+        ids = np.empty(checked.shape, dtype=np.int32)
+        with np.errstate(invalid="ignore"):  # NaN, inf and values beyond int32 cast to garbage, and then differ
+            np.copyto(ids, checked, casting="unsafe")
+        if np.array_equal(ids, checked):
             values = ids
         else:
             if not np.isfinite(checked).all():
-                raise ValueError(f"{where}: {what} has non-finite values (NaN or inf)")
+                raise PredictionError(f"{where}: {what} has non-finite values (NaN or inf)")
             bad = checked[checked != np.floor(checked)]
             if bad.size:
-                raise ValueError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
-            # Left: integers beyond int64, which the range check below names.
+                raise PredictionError(f"{where}: {what} has non-integer values (e.g. {bad.flat[0]:g})")
+            values = checked  # integers beyond int32's range, which the range check below names
     if values.size and (values.min() < 0 or values.max() > MAX_PRED_ID):
         low, high = values[..., :channels].min(), values[..., :channels].max()
         if low < 0:
-            raise ValueError(f"{where}: {what} has negative values (min {low:g})")
+            raise PredictionError(f"{where}: {what} has negative values (min {low:g})")
         if high > MAX_PRED_ID:
-            raise ValueError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
+            raise PredictionError(f"{where}: {what} has values above {MAX_PRED_ID} (max {high:g})")
     # Integers of up to 32 bits mix with the int64 keys as int64; uint64 would turn them into floats.
     return values if values.dtype.kind in "iu" and values.dtype.itemsize <= 4 else values.astype(np.int64)
 
@@ -202,14 +197,14 @@ def hovernet_prediction(instance, types, where="prediction"):
     instance = check_ids(instance, where, "instance channel")
     types = check_ids(types, where, "type channel")
     if types.max(initial=0) >= NUM_TYPES:
-        raise ValueError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
+        raise PredictionError(f"{where}: type channel has values above {NUM_TYPES - 1} (max {types.max()})")
     ids, kinds = majority_types(instance, types)
     return from_instances(instance, ids, kinds, where=where)
 
 
 def check_dtype(path, dtype):
     if dtype.kind not in "biuf":
-        raise pim.PanNukeFormatError(f"{path}: dtype {dtype} is not numeric")
+        raise PredictionError(f"{path}: dtype {dtype} is not numeric")
 
 
 def listing(folder):
@@ -237,12 +232,8 @@ def patch_files(folder, patch_ids, ending, what="prediction(s)", required=True):
 def class_agnostic(instance, where):
     """The PatchPrediction of an instance map without classes: every nucleus in channel 0, of type 0 (unknown)."""
     instance = check_ids(instance, where, "instance map")
-    if instance.max(initial=0) < 1 << 20:  # cellpose's 16-bit ids: a histogram is faster than sorting
-        ids = np.flatnonzero(np.bincount(instance.ravel()))
-        ids = ids[ids != 0]
-    else:
-        ids = np.unique(instance)
-        ids = ids[ids != 0]
+    ids = distinct(instance)[0]
+    ids = ids[ids != 0]
     prediction = from_instances(instance, ids, np.ones(len(ids), dtype=np.int64), where=where)
     return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
 

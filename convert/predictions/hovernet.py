@@ -6,7 +6,7 @@ import numpy as np
 
 import pannuke_imagemask as pim
 
-from .base import Prediction, check_dtype, hovernet_prediction, patch_files
+from .base import Prediction, PredictionError, check_dtype, hovernet_prediction, patch_files
 
 NAME = "hovernet"
 
@@ -26,7 +26,7 @@ def check_prediction_folder(folder, ids, size):
         shape, dtype = pim.read_npy_header(path)
         check_dtype(path, dtype)
         if len(shape) != 3 or shape[:2] != size or shape[2] < 2:
-            raise pim.PanNukeFormatError(
+            raise PredictionError(
                 f"{path}: prediction for {patch} has shape {shape}, expected ({size[0]}, {size[1]}, C) with "
                 "instance and type as the last two channels"
             )
