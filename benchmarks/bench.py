@@ -43,6 +43,7 @@ FORMATS = (
     "cellpose",
     "geojson",
     "hovernet-mat",
+    "conic",
 )  # timed against the imagemask export at --num-proc 1
 
 

@@ -170,6 +170,11 @@ def test_damaged_hovernext_output_is_one_line(preds, tmp_path):
     shutil.rmtree(root / PATCHES[5][0])
     _error(root, f"{root / PATCHES[5][0] / 'pinst_pp.zip'}: missing (HoVer-NeXt writes it for every image it ran on)")
     _error(zip_path, f"{zip_path}: the hovernext layout is HoVer-NeXt's output folder, not a file", "hovernext")
+    _error(
+        folder,
+        f"{folder}: one HoVer-NeXt output folder (of an .npy stack?); evaluate reads its output of the split's "
+        'PNGs, one folder per patch: main.py --input "<split>/*.png" --output_root OUT, then --pred OUT',
+    )  # recognised as HoVer-NeXt's, then refused
 
 
 def test_without_zarr_the_line_says_how_to_install_it(preds, tmp_path, monkeypatch):

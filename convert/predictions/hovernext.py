@@ -30,10 +30,10 @@ INSTALL = "pip install zarr"
 
 
 def recognise(path):
-    """A folder of HoVer-NeXt output folders: some <name>/pinst_pp.zip or <name>/class_inst.json."""
+    """A folder of HoVer-NeXt output folders (some <name>/pinst_pp.zip or <name>/class_inst.json), or one."""
     if not os.path.isdir(path):
         return False
-    return any(
+    return os.path.exists(os.path.join(path, MAP)) or any(
         os.path.exists(os.path.join(path, name, MAP)) or os.path.exists(os.path.join(path, name, CLASSES))
         for name in listing(path)
         if os.path.isdir(os.path.join(path, name))
@@ -233,6 +233,11 @@ def open_layout(path, patches, size, **options):
     prediction = HovernextPrediction(path, patches, size)
     if not os.path.isdir(path):
         raise PredictionError(f"{path}: the hovernext layout is HoVer-NeXt's output folder, not a file")
+    if os.path.exists(os.path.join(path, MAP)):  # HoVer-NeXt run on one .npy stack: one map of all images
+        raise PredictionError(
+            f"{path}: one HoVer-NeXt output folder (of an .npy stack?); evaluate reads its output of the split's "
+            f'PNGs, one folder per patch: main.py --input "<split>/*.png" --output_root OUT, then --pred OUT'
+        )
     ids = [patch for patch, _ in prediction.patches]
     outputs = {
         name

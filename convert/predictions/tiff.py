@@ -52,7 +52,7 @@ def _tifffile():
 def _nuclei_page(tif, path, size):
     """The page of the nuclei label image of an open TIFF, its shape and dtype checked from the header.
 
-    A label image is one (H, W) page; InstanSeg's (2, H, W) is two pages (tifffile's default) or one page of two
+    A label image is one (H, W) page; InstanSeg's (2, H, W) is two pages (tifffile's default) or one page of two planar
     samples, the nuclei first. Only the first page is decoded: 0.2 ms a file instead of tifffile's series.
     """
     page = tif.pages.first
