@@ -22,10 +22,11 @@ Referees and the tolerance their own arithmetic allows (u = 2**-24, float32's un
   `inference_cellvit_experiment_pannuke.py` calls them per image: integer counts, one float32 division, so
   within u relative; both empty gives Dice 0.0 and Jaccard NaN, as the command's cellvit family has them.
   0.11.4 imports `pkg_resources`, which setuptools 82 removed: the `consumers` extra pins setuptools 81.0.0.
-- StarDist 0.9.2 `stardist/matching.py matching(y_true, y_pred, thresh=0.5)`: float64 IoUs, tp/fp/fn ours
-  exactly (no IoU of the fake fold is exactly 0.5; the toy case below shows the one difference, its >=),
-  panoptic_quality = ΣIoU/(TP + FP/2 + FN/2) with no epsilon, so PanNuke's bPQ is it times TP/(TP + 1e-6)
-  (to 1e-12 relative: float64 sums in another order).
+- StarDist 0.9.2 `stardist/matching.py matching(y_true, y_pred, thresh=0.5)`: float32 IoUs (`_safe_divide`),
+  pairs at IoU >= 0.5. The fake fold has pairs of IoU exactly 0.5 (a predicted nucleus merging two equal true
+  ones, a true one split in halves): StarDist's tp is ours plus a maximum matching of those pairs, no more
+  (the toy case below shows one). Its panoptic_quality = ΣIoU/(TP + FP/2 + FN/2), with no epsilon: without its
+  0.5 pairs and times TP/(TP + 1e-6) it is PanNuke's bPQ, within 2(tp + 2)·u relative.
 Where the truth has no nucleus, PanNuke's bPQ is NaN (run.py skips the patch); MONAI and StarDist give 0.
 """
 
@@ -37,11 +38,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 from monai.metrics import PanopticQualityMetric, compute_panoptic_quality
 from pannuke_fixtures import raw_fold
 from perturb import perturb
 from reference import reference_labels
+from scipy.optimize import linear_sum_assignment
 from stardist.matching import matching
 
 with warnings.catch_warnings():
@@ -270,7 +271,7 @@ def half_pairs(match):
 def test_stardist_matching_per_patch_equals_the_commands_counts_and_pq(scored):
     extra = []
     for i, patch in enumerate(scored["patches"]):
-        n_true, n_pred, tp, iou_sum = patch["binary"]
+        n_true, n_pred, tp, _ = patch["binary"]
         found = matching(patch["true_instance"], patch["pred_instance"], thresh=0.5, report_matches=True)
         # StarDist's pairs at IoU exactly 0.5, from its own report: the only pairs it has beyond ours.
         half = sum(found.matched_scores[k] == 0.5 for k in found.matched_tps)
