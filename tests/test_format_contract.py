@@ -167,6 +167,7 @@ CHANGED = {
     "yolo": ("labels/train/fold1_00000.txt", _text_character, "line 1 differs from column 3"),
     "geojson": ("train/fold1_00000.geojson", _geojson_class, "features differ ("),
     "hovernet-mat": ("train/Labels/fold1_00000.mat", _mat_value, "inst_map: 1 of 65536 values differ"),
+    "conic": ("train/labels.npy", _npy_value, "row 0 (fold1_00000): 1 values differ"),
 }
 
 
@@ -266,6 +267,13 @@ DAMAGED = {
     },
     "geojson": {"train/fold1_00000.png": ("png", *RGB), "train/fold1_00000.geojson": ("json", "an object")},
     "hovernet-mat": {"train/Images/fold1_00000.png": ("png", *RGB), "train/Labels/fold1_00000.mat": ("mat",)},
+    "conic": {
+        "train/images.npy": ("npy", "uint8", (19, 256, 256, 3)),
+        "train/labels.npy": ("npy", "int32", (19, 256, 256, 2)),
+        "train/types.npy": ("npy", "<U13", (19,)),
+        "train/patch_info.csv": ("text",),
+        "train/counts.csv": ("text",),
+    },
 }
 
 

@@ -419,14 +419,16 @@ def test_unrecognised_and_unknown_formats(tmp_path):
     (tmp_path / "readme.md").write_text("x")
     error(
         tmp_path,
-        f"{tmp_path}: not a prediction layout evaluate reads (a masks.npy, a COCO results .json, or a "
-        "folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png or class "
-        "PNGs); say which with --pred-format masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic",
+        f"{tmp_path}: not a prediction layout evaluate reads (a masks.npy or CoNIC labels.npy, a COCO results .json, "
+        "or a folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, label "
+        "TIFFs, HoVer-NeXt output folders or class PNGs); say which with --pred-format "
+        "masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic|tiff|hovernext|conic",
     )
     error(tmp_path / "nothing", f"{tmp_path / 'nothing'}: no such file or folder (--pred)")
     error(
         tmp_path,
-        "unknown prediction format 'mask'; valid: masks, hovernet, hovernet-mat, coco, yolo, cellpose, semantic",
+        "unknown prediction format 'mask'; valid: masks, hovernet, hovernet-mat, coco, yolo, cellpose, semantic, tiff, "
+        "hovernext, conic",
         pred_format="mask",
     )
     error(tmp_path, "--max-overlap must be in 0..1, got 1.5", max_overlap=1.5)
@@ -511,12 +513,11 @@ def test_damaged_cellpose_and_semantic_pngs(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert str(_raises(cellpose)).startswith(f"{path}: not a readable PNG (")
     path.unlink()
-    (cellpose / f"{PATCHES[1][0]}_cp_masks.tif").write_bytes(b"II*\x00")
-    error(
-        cellpose,
-        f"{cellpose}: cellpose's {PATCHES[1][0]}_cp_masks.tif is not read (TIF): predict with --save_png to "
-        "write <name>_cp_masks.png",
-    )
+    tif = cellpose / f"{PATCHES[1][0]}_cp_masks.tif"
+    tif.write_bytes(b"II*\x00")
+    error(cellpose, f"{cellpose}: cellpose's {tif.name} is a TIFF: read it with --pred-format tiff", "cellpose")
+    assert str(_raises(cellpose)).startswith(f"{tif}: not a readable TIFF (")  # recognised as the tiff layout
+    tif.unlink()
     cv2.imwrite(str(cellpose / "fold3_00001_cp_masks.png"), np.zeros(SIZE, np.uint16))
     error(cellpose, f"{cellpose}: 1 mask file(s) not in the split, the first fold3_00001_cp_masks.png")
 
@@ -557,7 +558,10 @@ def test_seg_npy_pickles_are_refused_never_unpickled(tmp_path):
     trap = tmp_path / "unpickled"
     for patch, _ in PATCHES:
         np.save(folder / f"{patch}_seg.npy", np.array([_Trap(str(trap))], dtype=object), allow_pickle=True)
-    message = f"{folder}: cellpose's {PATCHES[0][0]}_seg.npy is not read (a pickle): predict with --save_png to write <name>_cp_masks.png"
+    message = (
+        f"{folder}: cellpose's {PATCHES[0][0]}_seg.npy is not read (a pickle): predict with --save_png to write "
+        "<name>_cp_masks.png (or --save_tif, read by --pred-format tiff)"
+    )
     error(folder, message)
     error(folder, message, pred_format="cellpose")
     assert not trap.exists()

@@ -43,14 +43,16 @@ __all__ = [
     "open_prediction",
 ]
 
-LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic")
+LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic", "tiff", "hovernext", "conic")
 _MODULES = {name: name.replace("-", "_") for name in LAYOUT_NAMES}
 # Recognition: first a layout's own mark, the most specific first (HoVer-Net's output folder holds PNG
 # overlays, a YOLO predict folder PNG drawings, a cellpose folder the images and _seg.npy pickles beside the
 # masks); else the generic per-patch files, the ending that most patches of the split have winning (a
-# notes.txt beside <id>.npy files does not make a YOLO folder), ties in this order.
-_MARKED = ("masks", "coco", "hovernet-mat", "yolo", "cellpose")
-_GENERIC = ("hovernet", "yolo", "semantic")
+# notes.txt beside <id>.npy files does not make a YOLO folder), ties in this order. A CoNIC labels.npy is told
+# from a masks.npy by its header (2 channels); the writers' own TIFF names (<id>_cp_masks.tif beside cellpose's
+# _seg.npy) before cellpose's PNGs; plain <id>.tif before <id>.png, as the images a model ran on may be PNGs.
+_MARKED = ("conic", "masks", "coco", "hovernet-mat", "yolo", "tiff", "cellpose", "hovernext")
+_GENERIC = ("hovernet", "yolo", "tiff", "semantic")
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MAX_OVERLAP = 0.5
 
@@ -77,8 +79,9 @@ def recognise(path, patch_ids):
         if evidence[best] > (0, 0):
             return best
     raise PredictionError(
-        f"{path}: not a prediction layout evaluate reads (a masks.npy, a COCO results .json, or a folder of "
-        "HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png or class PNGs); "
+        f"{path}: not a prediction layout evaluate reads (a masks.npy or CoNIC labels.npy, a COCO results .json, or "
+        "a folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, label "
+        "TIFFs, HoVer-NeXt output folders or class PNGs); "
         f"say which with --pred-format {'|'.join(LAYOUT_NAMES)}"
     )
 

@@ -2,7 +2,7 @@
 
 cellpose/io.py `save_masks`: 0 background, 1..N the nuclei, no classes, and no file for an image without
 masks. Class-agnostic: every nucleus goes to channel 0 with type 0. Its default output, `_seg.npy`, is a
-pickle and is never read.
+pickle and is never read; its `--save_tif` masks are the `tiff` layout's.
 """
 
 import os
@@ -57,11 +57,14 @@ def open_layout(path, patches, size, **options):
     suffix = mask_suffix(names)
     masks = [name for name in names if name.endswith(f"{suffix}.png")]
     if not masks:
-        refused = [name for name in names if name.endswith(("_seg.npy", "_cp_masks.tif"))]
+        tifs = [name for name in names if name.endswith("_cp_masks.tif")]
+        if tifs:
+            raise PredictionError(f"{path}: cellpose's {tifs[0]} is a TIFF: read it with --pred-format tiff")
+        refused = [name for name in names if name.endswith("_seg.npy")]
         if refused:
             raise PredictionError(
-                f"{path}: cellpose's {refused[0]} is not read ({'a pickle' if refused[0].endswith('.npy') else 'TIF'}): "
-                "predict with --save_png to write <name>_cp_masks.png"
+                f"{path}: cellpose's {refused[0]} is not read (a pickle): predict with --save_png to write "
+                "<name>_cp_masks.png (or --save_tif, read by --pred-format tiff)"
             )
     prediction = CellposePrediction(path, patches, size, suffix)
     ending = f"{suffix}.png"
