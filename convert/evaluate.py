@@ -6,6 +6,7 @@ wholly covered by a later channel, a map without background). Detection and clas
 HoVer-Net's compute_stats.py's (convert/detection.py), from the same patches.
 """
 
+import argparse
 import csv
 import json
 import logging
@@ -23,6 +24,7 @@ from .formats import FOLD_PROTOCOL
 from .formats.coco import image_id as coco_image_id
 from .pool import WORKER, opened, run_tasks
 from .predictions import DEFAULT_MAX_OVERLAP, DEFAULT_MIN_SCORE, LAYOUT_NAMES, MAX_PRED_ID, open_prediction
+from .predictions.classes import parse_class_map
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +372,13 @@ def report_lines(result):
     return lines
 
 
+def _class_map(text):
+    try:
+        return parse_class_map(text)
+    except ValueError as exc:  # argparse shows an ArgumentTypeError's own words (exit 2)
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _get_parser():
     parser = command_parser("evaluate", __doc__)
     parser.add_argument(
@@ -412,6 +421,14 @@ def _get_parser():
         default=DEFAULT_MAX_OVERLAP,
         help="coco, yolo: an instance whose overlap with the pixels of higher-scored ones is more than this "
         "fraction of its area is skipped",
+    )
+    parser.add_argument(
+        "--class-map",
+        type=_class_map,
+        default={},
+        metavar="NAME=CLASS,...",
+        help="geojson, cellvit: the class names of the predictions that are not ours, each to one of ours "
+        "(neoplastic, inflammatory, connective, dead, epithelial) or none (a nucleus without a class)",
     )
     parser.add_argument("--json", help="also write the results here as JSON")
     parser.add_argument("--per-patch", metavar="FILE.csv", help="also write each patch's scores here")
@@ -478,7 +495,7 @@ def open_split(args, config, data_dir, split, pred):
 
     pred_path = os.path.abspath(pred)
     patches = [(pim.patch_id(fold, index), coco_image_id(fold, index)) for fold, index in rows]
-    options = {"min_score": args.min_score, "max_overlap": args.max_overlap}
+    options = {"min_score": args.min_score, "max_overlap": args.max_overlap, "class_map": args.class_map}
     prediction = open_prediction(pred_path, args.pred_format, patches, size, **options)
     return {
         "split": split,

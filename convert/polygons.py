@@ -214,6 +214,31 @@ def fill_contour(contour, size):
     return mask.view(bool)
 
 
+def polygons_piece(polygons, size):
+    """(top, left, bool crop) of `fill`: the same pixels, filled only over the polygons' box in the patch."""
+    points = np.concatenate([np.asarray(ring, dtype=np.float64).reshape(-1, 2) for p in polygons for ring in p])
+    height, width = size
+    left, top = (max(int(np.floor(v)), 0) for v in points.min(axis=0))
+    right, bottom = min(int(np.ceil(points[:, 0].max())), width), min(int(np.ceil(points[:, 1].max())), height)
+    if right <= left or bottom <= top:
+        return 0, 0, np.zeros((0, 0), dtype=bool)
+    # Moving the polygons by whole pixels moves the pixel centres with them: the crop is the same pixels.
+    shift = np.array([left, top], dtype=np.float64)
+    moved = [[np.asarray(ring, dtype=np.float64).reshape(-1, 2) - shift for ring in p] for p in polygons]
+    return top, left, fill(moved, (bottom - top, right - left))
+
+
+def contour_piece(rings, size):
+    """(top, left, bool crop) of rings of pixel centres filled together as cv2.fillPoly fills them (a single ring:
+    `fill_contour`), over their box in the patch; points are whole pixels inside the patch."""
+    rings = [np.asarray(ring, dtype=np.int32).reshape(-1, 2) for ring in rings]
+    points = np.concatenate(rings)
+    (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
+    crop = np.zeros((bottom - top + 1, right - left + 1), dtype=np.uint8)
+    cv2.fillPoly(crop, [(ring - (left, top)).reshape(-1, 1, 2) for ring in rings], 1)
+    return int(top), int(left), crop.view(bool)
+
+
 def geojson_geometry(polygons):
     """A GeoJSON geometry (Polygon or MultiPolygon, rings closed, integer corners) of trace's polygons."""
     closed = [[[*map(list, ring.tolist()), ring[0].tolist()] for ring in polygon] for polygon in polygons]

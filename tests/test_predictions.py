@@ -420,15 +420,16 @@ def test_unrecognised_and_unknown_formats(tmp_path):
     error(
         tmp_path,
         f"{tmp_path}: not a prediction layout evaluate reads (a masks.npy or CoNIC labels.npy, a COCO results .json, "
-        "or a folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, label "
-        "TIFFs, HoVer-NeXt output folders or class PNGs); say which with --pred-format "
-        "masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic|tiff|hovernext|conic",
+        "or a folder of HoVer-Net .mat, .json or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, "
+        "label TIFFs, HoVer-NeXt output folders, class PNGs, CellViT cells.json or GeoJSON); say which with "
+        "--pred-format masks|hovernet|hovernet-mat|coco|yolo|cellpose|semantic|tiff|hovernext|conic|hovernet-json|"
+        "cellvit|geojson",
     )
     error(tmp_path / "nothing", f"{tmp_path / 'nothing'}: no such file or folder (--pred)")
     error(
         tmp_path,
         "unknown prediction format 'mask'; valid: masks, hovernet, hovernet-mat, coco, yolo, cellpose, semantic, tiff, "
-        "hovernext, conic",
+        "hovernext, conic, hovernet-json, cellvit, geojson",
         pred_format="mask",
     )
     error(tmp_path, "--max-overlap must be in 0..1, got 1.5", max_overlap=1.5)

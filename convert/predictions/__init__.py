@@ -43,7 +43,10 @@ __all__ = [
     "open_prediction",
 ]
 
-LAYOUT_NAMES = ("masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic", "tiff", "hovernext", "conic")
+LAYOUT_NAMES = (
+    "masks", "hovernet", "hovernet-mat", "coco", "yolo", "cellpose", "semantic", "tiff", "hovernext", "conic",
+    "hovernet-json", "cellvit", "geojson",
+)
 _MODULES = {name: name.replace("-", "_") for name in LAYOUT_NAMES}
 # Recognition: first a layout's own mark, the most specific first (HoVer-Net's output folder holds PNG
 # overlays, a YOLO predict folder PNG drawings, a cellpose folder the images and _seg.npy pickles beside the
@@ -51,7 +54,8 @@ _MODULES = {name: name.replace("-", "_") for name in LAYOUT_NAMES}
 # notes.txt beside <id>.npy files does not make a YOLO folder), ties in this order. A CoNIC labels.npy is told
 # from a masks.npy by its header (2 channels); the writers' own TIFF names (<id>_cp_masks.tif beside cellpose's
 # _seg.npy) before cellpose's PNGs; plain <id>.tif before <id>.png, as the images a model ran on may be PNGs.
-_MARKED = ("conic", "masks", "coco", "hovernet-mat", "yolo", "tiff", "cellpose", "hovernext")
+_MARKED = ("conic", "masks", "coco", "hovernet-json", "hovernet-mat", "yolo", "tiff", "cellpose", "hovernext", "cellvit",
+           "geojson")  # fmt: skip
 _GENERIC = ("hovernet", "yolo", "tiff", "semantic")
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MAX_OVERLAP = 0.5
@@ -80,17 +84,20 @@ def recognise(path, patch_ids):
             return best
     raise PredictionError(
         f"{path}: not a prediction layout evaluate reads (a masks.npy or CoNIC labels.npy, a COCO results .json, or "
-        "a folder of HoVer-Net .mat or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, label "
-        "TIFFs, HoVer-NeXt output folders or class PNGs); "
+        "a folder of HoVer-Net .mat, .json or <id>.npy files, Ultralytics labels/*.txt, cellpose *_cp_masks.png, "
+        "label TIFFs, HoVer-NeXt output folders, class PNGs, CellViT cells.json or GeoJSON); "
         f"say which with --pred-format {'|'.join(LAYOUT_NAMES)}"
     )
 
 
-def open_prediction(path, pred_format, patches, size, *, min_score=DEFAULT_MIN_SCORE, max_overlap=DEFAULT_MAX_OVERLAP):
+def open_prediction(
+    path, pred_format, patches, size, *, min_score=DEFAULT_MIN_SCORE, max_overlap=DEFAULT_MAX_OVERLAP, class_map=None
+):
     """The split's predictions at path, in pred_format (None: recognised from what path holds).
 
     patches: the split's rows in order as (patch_id, coco_image_id); size: (H, W). min_score and max_overlap
-    rule how the instance layouts (coco, yolo) become one map per patch. Raises ValueError,
+    rule how the instance layouts (coco, yolo) become one map per patch; class_map ({name casefolded: type
+    0..5}, classes.parse_class_map) names the classes of the layouts that name theirs (geojson, cellvit). Raises ValueError,
     FileNotFoundError or PanNukeFormatError with one line naming the file and what is wrong.
     """
     if not os.path.exists(path):
@@ -99,4 +106,5 @@ def open_prediction(path, pred_format, patches, size, *, min_score=DEFAULT_MIN_S
         raise ValueError(f"--max-overlap must be in 0..1, got {max_overlap}")
     name = recognise(path, [patch for patch, _ in patches]) if pred_format is None else pred_format
     module = layout_module(name)
-    return module.open_layout(path, patches, tuple(size), min_score=min_score, max_overlap=max_overlap)
+    options = {"min_score": min_score, "max_overlap": max_overlap, "class_map": dict(class_map or {})}
+    return module.open_layout(path, patches, tuple(size), **options)

@@ -32,15 +32,18 @@ def _scipy_io():
 
 
 def mat_folder(path):
-    """The folder of the .mat files: OUT/mat of HoVer-Net's output folder, else PATH itself."""
-    inner = os.path.join(path, "mat")
-    return inner if os.path.isdir(inner) else path
+    """The folder of the .mat files: OUT/mat of HoVer-Net's output folder, a split's Labels/ of CoNSeP's layout
+    (our hovernet-mat export), else PATH itself."""
+    for inner in (os.path.join(path, "mat"), os.path.join(path, "Labels")):
+        if os.path.isdir(inner):
+            return inner
+    return path
 
 
 def recognise(path):
     if not os.path.isdir(path):
         return False
-    return os.path.isdir(os.path.join(path, "mat")) or any(name.endswith(".mat") for name in os.listdir(path))
+    return mat_folder(path) != path or any(name.endswith(".mat") for name in os.listdir(path))
 
 
 def _length(shape, width, where, key):

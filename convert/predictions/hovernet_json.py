@@ -1,0 +1,157 @@
+"""`hovernet-json`: HoVer-Net's `run_infer.py tile` JSON, OUT/json/<id>.json (infer/tile.py `proc_callback`).
+
+Each file is `{"mag": ..., "nuc": {"<id>": {"bbox", "centroid": [x, y], "contour": [[x, y], ...], "type",
+"type_prob"}}}` (infer/base.py `__save_json`): the contour is the first of `cv2.findContours(RETR_TREE,
+CHAIN_APPROX_SIMPLE)` on the nucleus' box (models/hovernet/post_proc.py `process`), an open ring of pixel
+centres. Each nucleus is filled from it as OpenCV draws it (`cv2.fillPoly`, boundary pixels included), which
+gives back the pixels of the nucleus' 8-connected piece that contour outlines, its holes filled; nuclei
+that overlap then (one inside another's hole) are painted larger first, the smaller on top. The F1 point of
+a nucleus is its `centroid`, as HoVer-Net's `inst_centroid`. `type` 1..5 is our class + 1; `type` 0
+("nolabe" in HoVer-Net's PanNuke type_info.json) is a nucleus without a class: in no class channel, so
+outside PQ, and counted by detection F1 only (never of a class), as in the hovernet-mat layout; `type` null
+in every file (HoVer-Net run without types) makes the folder class-agnostic. `"nuc": {}` is a patch without
+nuclei; a missing file is an error (HoVer-Net writes one per image).
+
+When `mat/` stands beside `json/`, the `.mat` files are scored instead (exact pixels: the JSON's contours lose
+holes, a nucleus' second piece and nuclei of fewer than 3 contour points), and a note says so.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from ..polygons import contour_piece
+from . import hovernet_mat
+from .base import MAX_PRED_ID, NUM_TYPES, Prediction, PredictionError, from_instances, listing, patch_files
+from .classes import paint
+
+NAME = "hovernet-json"
+
+
+def json_folder(path):
+    """The folder of the .json files: OUT/json of HoVer-Net's output folder, else PATH itself."""
+    inner = os.path.join(path, "json")
+    return inner if os.path.isdir(inner) else path
+
+
+def mat_beside(path):
+    """HoVer-Net's mat/ folder beside its json/ (PATH being OUT or OUT/json), or None."""
+    for folder in (os.path.join(path, "mat"), os.path.join(os.path.dirname(os.path.normpath(path)), "mat")):
+        if os.path.isdir(folder) and os.path.isdir(os.path.join(os.path.dirname(folder), "json")):
+            return folder
+    return None
+
+
+def _load(path):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except UnicodeDecodeError:
+        raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
+
+
+def recognise(path):
+    """HoVer-Net's output folder (a json/ folder), or a folder of .json files the first of which has "nuc"."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.isdir(os.path.join(path, "json")):
+        return True
+    first = next((name for name in listing(path) if name.endswith(".json")), None)
+    if first is None or not os.path.isfile(os.path.join(path, first)):
+        return False
+    try:
+        document = _load(os.path.join(path, first))
+    except PredictionError:
+        return False
+    return isinstance(document, dict) and "nuc" in document
+
+
+def _whole_points(values, where, what, count=None):
+    try:
+        points = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PredictionError(f"{where}: {what} is not [x, y] number pairs") from None
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0 or (count and len(points) != count):
+        raise PredictionError(f"{where}: {what} is not [x, y] number pairs")
+    if not np.isfinite(points).all():
+        raise PredictionError(f"{where}: {what} has non-finite values (NaN or inf)")
+    return points
+
+
+def read_file(path, size):
+    """(ids, contours, types (int or None each), centroids (N, 2)) of one file, in increasing id order."""
+    document = _load(path)
+    if not isinstance(document, dict) or not isinstance(document.get("nuc"), dict):
+        raise PredictionError(f"{path}: no \"nuc\" object (not a HoVer-Net JSON)")
+    height, width = size
+    rows = []
+    for key, nucleus in document["nuc"].items():
+        where = f"{path}: nucleus {key}"
+        if not key.isdigit() or not 1 <= int(key) <= MAX_PRED_ID:
+            raise PredictionError(f"{where}: its id is not a whole number in 1..{MAX_PRED_ID}")
+        if not isinstance(nucleus, dict) or "contour" not in nucleus or "centroid" not in nucleus:
+            raise PredictionError(f"{where}: no contour or centroid")
+        contour = _whole_points(nucleus["contour"], where, "contour")
+        if not np.array_equal(contour, np.round(contour)):
+            raise PredictionError(f"{where}: contour points are not whole pixels")
+        if contour.min() < 0 or contour[:, 0].max() > width - 1 or contour[:, 1].max() > height - 1:
+            raise PredictionError(f"{where}: contour leaves the {width}x{height} patch")
+        centroid = _whole_points([nucleus["centroid"]], where, "centroid", 1)[0]
+        if (centroid < 0).any() or centroid[0] > width - 1 or centroid[1] > height - 1:
+            raise PredictionError(f"{where}: centroid ({centroid[0]:g}, {centroid[1]:g}) is outside the patch")
+        kind = nucleus.get("type")
+        if kind is not None and (not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind < NUM_TYPES):
+            raise PredictionError(f"{where}: type {kind!r} is not one of 0..{NUM_TYPES - 1} or null")
+        rows.append((int(key), contour.astype(np.int32), kind, centroid))
+    rows.sort(key=lambda row: row[0])
+    ids = [row[0] for row in rows]
+    centroids = np.array([row[3] for row in rows], dtype=np.float64).reshape(-1, 2)
+    return ids, [row[1] for row in rows], [row[2] for row in rows], centroids
+
+
+class HovernetJsonPrediction(Prediction):
+    name = NAME
+
+    def __init__(self, path, patches, size, folder, classified):
+        super().__init__(path, patches, size)
+        self.folder, self.classified = folder, classified
+
+    def read(self, position):
+        path = os.path.join(self.folder, f"{self.patch(position)}.json")
+        ids, contours, types, centroids = read_file(path, self.size)
+        instance = paint([contour_piece([contour], self.size) for contour in contours], self.size)
+        numbers = np.arange(1, len(ids) + 1)  # paint numbers the nuclei 1..n in id order
+        if not self.classified:
+            prediction = from_instances(instance, numbers, np.ones(len(ids), dtype=np.int64), centroids, where=path)
+            return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
+        return from_instances(instance, numbers, types, centroids, where=path)
+
+
+def open_layout(path, patches, size, **options):
+    mat = mat_beside(path)
+    if mat is not None:
+        prediction = hovernet_mat.open_layout(mat, patches, size, **options)
+        prediction.notes.append(
+            "hovernet-json: mat/ stands beside json/: its .mat files are scored (exact pixels; the JSON contours "
+            "lose holes, second pieces and nuclei of fewer than 3 contour points)"
+        )
+        return prediction
+    folder = json_folder(path)
+    expected = patch_files(folder, [patch for patch, _ in patches], ".json", "prediction(s)")
+    # Every file is read here: a damaged one stops the command before anything is scored, and whether
+    # HoVer-Net ran with types is known for the whole folder.
+    typed, untyped = None, None  # the first file with a type, and with a null type
+    for name in expected:
+        _, _, types, _ = read_file(os.path.join(folder, name), tuple(size))
+        typed = typed or (name if any(kind is not None for kind in types) else None)
+        untyped = untyped or (name if None in types else None)
+    if typed and untyped:
+        raise PredictionError(f"{os.path.join(folder, untyped)}: type null, but {typed} has types")
+    typed = bool(typed)
+    prediction = HovernetJsonPrediction(path, patches, size, folder, typed)
+    if not typed:
+        prediction.notes.append("hovernet-json: every type is null (HoVer-Net run without types): class-agnostic")
+    return prediction
