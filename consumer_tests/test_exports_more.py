@@ -141,7 +141,7 @@ def test_hovernet_consep_loader_reads_the_mat_export(exports, reference, tmp_pat
         out = tmp_path / f"fold{fold}.npz"
         root = exports / "hovernet-mat" / f"fold{fold}"
         argv = [sys.executable, "-c", LOADER_SCRIPT, ",".join(names), str(root), str(out)]
-        run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+        run = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=tmp_path)
         assert run.returncode == 0, run.stderr
         loaded = np.load(out, allow_pickle=False)
         assert loaded["anns"].dtype == np.int32 and loaded["anns"].shape == (len(names), 256, 256, 2)
@@ -159,7 +159,8 @@ def compute_stats(mode, pred_dir, true_dir):
     """The numbers HoVer-Net's compute_stats.py prints (its last line), run as a script."""
     script = os.path.join(hovernet_dir(), "utils", "compute_stats.py")
     argv = [sys.executable, script, "--mode", mode, "--pred_dir", pred_dir, "--true_dir", true_dir]
-    run = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": hovernet_dir()})
+    env = {**os.environ, "PYTHONPATH": hovernet_dir()}
+    run = subprocess.run(argv, check=False, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     return [float(v) for v in run.stdout.strip().splitlines()[-1].strip("[] ").split()]
 
