@@ -41,6 +41,8 @@ FORMATS = (
     "cellvit",
     "nnunet",
     "cellpose",
+    "geojson",
+    "hovernet-mat",
 )  # timed against the imagemask export at --num-proc 1
 
 

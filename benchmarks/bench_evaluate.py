@@ -15,7 +15,8 @@ Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed 
   patch has one). Its mPQ and bPQ must equal the command's. docopt, which it imports only to read its
   three options, is stood in for, so it needs numpy, pandas and scipy only.
 - --readers: the same prediction written in each layout a framework writes (HoVer-Net .npy and .mat,
-  COCO results, YOLO labels, cellpose and semantic PNGs) and scored, in this process, against the
+  COCO results, YOLO labels, cellpose and semantic PNGs, HoVer-Net JSON, CellViT cells.json, QuPath
+  GeoJSON) and scored, in this process, against the
   masks.npy row: what each reader costs.
 
 Memory is the peak anonymous RSS (RssAnon) summed over the process tree.
@@ -47,6 +48,7 @@ from pycocotools import mask as mask_utils
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
 from convert.evaluate import SCORE_COLUMNS
+from convert.polygons import geojson_geometry, trace
 from convert.sample import fold_paths, write_fold
 
 # Runs the official run.py as its own __main__, with docopt's one call answered from our argv.
@@ -237,6 +239,49 @@ def _polygon(mask):
     return max(contours, key=len).reshape(-1, 2) if contours else np.zeros((0, 2))
 
 
+def _contour(mask):
+    """(contour, centroid) as HoVer-Net's post_proc finds them on the nucleus' box (first contour), or None."""
+    rows, cols = np.nonzero(mask)
+    top, left = rows.min(), cols.min()
+    crop = mask[top : rows.max() + 1, left : cols.max() + 1].astype(np.uint8)
+    contour = np.squeeze(cv2.findContours(crop, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0][0]).reshape(-1, 2)
+    if len(contour) < 3:
+        return None
+    return (contour + [left, top]).tolist(), [float(cols.mean()), float(rows.mean())]
+
+
+CLASS_NAMES = [name.capitalize() for name in pim.NUCLEUS_CLASSES]
+
+
+def write_polygon_layouts(paths, stem, instance, types):
+    """The patch as HoVer-Net's json/, CellViT's <id>_cells.json and a QuPath GeoJSON of exact outlines."""
+    nuc, cells = {}, []
+    for k, kind in enumerate(types.tolist(), 1):
+        found = _contour(instance == k)
+        if found is None:
+            continue
+        contour, centroid = found
+        nuc[str(k)] = {"bbox": None, "centroid": centroid, "contour": contour, "type_prob": 1.0, "type": kind}
+        cells.append({"centroid": centroid, "contour": contour, "type": kind, "type_prob": 1.0})
+    with open(os.path.join(paths["hovernet-json"], "json", f"{stem}.json"), "w") as f:
+        json.dump({"mag": None, "nuc": nuc}, f)
+    if cells:  # CellViT writes no file for an image without cells
+        type_map = {str(k + 1): name for k, name in enumerate(CLASS_NAMES)}
+        with open(os.path.join(paths["cellvit"], f"{stem}_cells.json"), "w") as f:
+            json.dump({"wsi_metadata": {}, "type_map": type_map, "cells": cells}, f)
+    outlines = trace(instance)
+    features = [
+        {
+            "type": "Feature",
+            "geometry": geojson_geometry(outlines[k]),
+            "properties": {"objectType": "detection", "classification": {"name": CLASS_NAMES[kind - 1]}},
+        }
+        for k, kind in enumerate(types.tolist(), 1)
+    ]
+    with open(os.path.join(paths["geojson"], f"{stem}.geojson"), "w") as f:
+        json.dump({"type": "FeatureCollection", "features": features}, f)
+
+
 def write_layouts(root, pred_path, n):
     """{layout: its --pred} of the prediction at pred_path written in every layout (reused if present)."""
     done = os.path.join(root, "complete")
@@ -248,11 +293,15 @@ def write_layouts(root, pred_path, n):
         "yolo": os.path.join(root, "yolo"),
         "cellpose": os.path.join(root, "cellpose"),
         "semantic": os.path.join(root, "semantic"),
+        "hovernet-json": os.path.join(root, "hovernet-json"),
+        "cellvit": os.path.join(root, "cellvit"),
+        "geojson": os.path.join(root, "geojson"),
     }
-    if os.path.exists(done):
+    if os.path.exists(done) and all(os.path.exists(path) for path in paths.values()):
         return paths
     shutil.rmtree(root, ignore_errors=True)
-    for folder in ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic"):
+    folders = ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic", "hovernet-json/json")
+    for folder in (*folders, "cellvit", "geojson"):
         os.makedirs(os.path.join(root, folder))
     pred = np.lib.format.open_memmap(pred_path, mode="r")
     results = []
@@ -285,6 +334,7 @@ def write_layouts(root, pred_path, n):
         if len(types):
             Image.fromarray(instance.astype(np.uint16)).save(os.path.join(paths["cellpose"], f"{stem}_cp_masks.png"))
         Image.fromarray(kinds.astype(np.uint8)).save(os.path.join(paths["semantic"], f"{stem}.png"))
+        write_polygon_layouts(paths, stem, instance, types)
     with open(paths["coco"], "w") as f:
         json.dump(results, f)
     open(done, "w").close()

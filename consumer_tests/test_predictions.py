@@ -55,7 +55,10 @@ def _block(containing):
 
 
 def test_the_recipe_section_has_one_evaluate_line_per_framework_and_two_python_blocks():
-    assert sorted(LINES) == ["cellpose_out", "hovernet_out", "maskrcnn_results.json", "nnunet_pred", "runs/predict"]
+    assert sorted(LINES) == [
+        "cellpose_out", "cellvit_out", "geojson_out", "hovernet_out", "hovernet_out/json", "maskrcnn_results.json",
+        "nnunet_pred", "runs/predict",
+    ]  # fmt: skip
     assert all(argv[:7] == ["evaluate", "--data-dir", "~/data/pannuke", "--config", "folds", "--split", "fold3"]
                for argv in LINES.values())  # fmt: skip
     assert len(BLOCKS) == 2

@@ -425,7 +425,6 @@ def _get_parser():
     parser.add_argument(
         "--class-map",
         type=_class_map,
-        default={},
         metavar="NAME=CLASS,...",
         help="geojson, cellvit: the class names of the predictions that are not ours, each to one of ours "
         "(neoplastic, inflammatory, connective, dead, epithelial) or none (a nucleus without a class)",

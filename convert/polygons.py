@@ -167,6 +167,46 @@ def trace(instance_map):
     return result
 
 
+def _inside_pixels(polygons, size):
+    """(polygon index, flat pixel index) of every pixel whose centre is inside each polygon, as `fill` rules.
+
+    All rings of all polygons at once: each edge gives its crossings of the pixel-centre lines it spans, the
+    crossings of a polygon on a line are sorted, and pairs of them (in, out) bound the pixels inside.
+    """
+    height, width = size
+    rings = [
+        (k, np.asarray(ring, dtype=np.float64).reshape(-1, 2)) for k, polygon in enumerate(polygons) for ring in polygon
+    ]
+    rings = [(k, ring) for k, ring in rings if len(ring)]
+    if not rings:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    points = np.concatenate([ring for _, ring in rings])
+    lengths = np.array([len(ring) for _, ring in rings])
+    polygon = np.repeat([k for k, _ in rings], lengths)
+    following = np.arange(1, len(points) + 1)
+    ends = np.cumsum(lengths)
+    following[ends - 1] = ends - lengths  # a ring's last corner goes back to its first
+    (x0, y0), (x1, y1) = points.T, points[following].T
+    low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+    # Rows whose centre line r + 0.5 lies in [low, high): r from ceil(low - 0.5) to ceil(high - 0.5) - 1.
+    first = np.clip(np.ceil(low - 0.5), 0, height).astype(np.int64)
+    count = np.clip(np.ceil(high - 0.5), 0, height).astype(np.int64) - first
+    count[count < 0] = 0
+    edge = np.repeat(np.arange(len(points)), count)
+    row = first[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count)
+    centre = row + 0.5
+    xi = x0[edge] + (centre - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((xi, row, polygon[edge]))
+    xi, row, owner = xi[order], row[order], polygon[edge][order]
+    # In each (polygon, row) the crossings alternate in, out (each ring crosses a line an even number of times).
+    start = np.clip(np.ceil(xi[0::2] - 0.5), 0, width).astype(np.int64)
+    stop = np.clip(np.ceil(xi[1::2] - 0.5), 0, width).astype(np.int64)
+    run = np.maximum(stop - start, 0)
+    owner, row = owner[0::2], row[0::2]
+    pixel = np.repeat(row * width + start - (np.cumsum(run) - run), run) + np.arange(int(run.sum()))
+    return np.repeat(owner, run), pixel
+
+
 def fill(polygons, size):
     """(H, W) bool: the pixels whose centre is inside the polygons ([[exterior, *holes], ...], pixel corners).
 
@@ -177,33 +217,32 @@ def fill(polygons, size):
     crosses when min(y0, y1) <= r + 0.5 < max(y0, y1), at xi; pixel (r, c) is inside when the crossings with
     xi <= c + 0.5 are odd in number. Coordinates may be floats and lie outside the patch (clipped).
     """
+    mask = np.zeros(size[0] * size[1], dtype=bool)
+    mask[_inside_pixels(polygons, size)[1]] = True
+    return mask.reshape(size)
+
+
+def rasterise(nuclei, size):
+    """(H, W) int64 map 1..n of n nuclei, each a list of polygons filled by `fill`'s rule, in one pass.
+
+    Where nuclei overlap the larger is drawn first and the smaller stays on top (a nucleus drawn inside
+    another's hole), equal areas in list order, the later on top; a nucleus without pixels is absent.
+    """
     height, width = size
-    mask = np.zeros((height, width), dtype=bool)
-    for polygon in polygons:
-        rings = [np.asarray(ring, dtype=np.float64).reshape(-1, 2) for ring in polygon]
-        x0 = np.concatenate([ring[:, 0] for ring in rings])
-        y0 = np.concatenate([ring[:, 1] for ring in rings])
-        x1 = np.concatenate([np.roll(ring[:, 0], -1) for ring in rings])
-        y1 = np.concatenate([np.roll(ring[:, 1], -1) for ring in rings])
-        if not len(x0):
-            continue
-        low, high = np.minimum(y0, y1), np.maximum(y0, y1)
-        # Rows whose centre line r + 0.5 lies in [min y, max y): r from ceil(min - 0.5) to ceil(max - 0.5) - 1.
-        top = max(int(np.ceil(low.min() - 0.5)), 0)
-        bottom = min(int(np.ceil(high.max() - 0.5)), height)
-        if bottom <= top:
-            continue
-        centre = np.arange(top, bottom)[:, None] + 0.5
-        crossing = (low <= centre) & (centre < high)
-        row, edge = np.nonzero(crossing)
-        yc = centre[row, 0]
-        xi = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-        # The first column whose centre c + 0.5 is at or right of the crossing counts it, and every later one.
-        column = np.clip(np.ceil(xi - 0.5), 0, width).astype(np.int64)
-        toggles = np.zeros((bottom - top, width + 1), dtype=np.int64)
-        np.add.at(toggles, (row, column), 1)
-        mask[top:bottom] |= (np.cumsum(toggles[:, :width], axis=1) % 2).astype(bool)
-    return mask
+    polygons = [polygon for nucleus in nuclei for polygon in nucleus]
+    nucleus_of = np.repeat(np.arange(len(nuclei)), [len(nucleus) for nucleus in nuclei])
+    owner, pixel = _inside_pixels(polygons, size)
+    number = nucleus_of[owner]
+    area = np.bincount(number, minlength=len(nuclei))
+    rank = np.empty(len(nuclei), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(nuclei)), -area))] = np.arange(len(nuclei))  # the paint order
+    order = np.lexsort((rank[number], pixel))
+    pixel, number = pixel[order], number[order]
+    last = np.ones(len(pixel), dtype=bool)
+    last[:-1] = pixel[1:] != pixel[:-1]  # each pixel's nucleus drawn last
+    instance = np.zeros(height * width, dtype=np.int64)
+    instance[pixel[last]] = number[last] + 1
+    return instance.reshape(size)
 
 
 def fill_contour(contour, size):
@@ -212,20 +251,6 @@ def fill_contour(contour, size):
     mask = np.zeros(size, dtype=np.uint8)
     cv2.fillPoly(mask, [np.asarray(contour, dtype=np.int32).reshape(-1, 1, 2)], 1)
     return mask.view(bool)
-
-
-def polygons_piece(polygons, size):
-    """(top, left, bool crop) of `fill`: the same pixels, filled only over the polygons' box in the patch."""
-    points = np.concatenate([np.asarray(ring, dtype=np.float64).reshape(-1, 2) for p in polygons for ring in p])
-    height, width = size
-    left, top = (max(int(np.floor(v)), 0) for v in points.min(axis=0))
-    right, bottom = min(int(np.ceil(points[:, 0].max())), width), min(int(np.ceil(points[:, 1].max())), height)
-    if right <= left or bottom <= top:
-        return 0, 0, np.zeros((0, 0), dtype=bool)
-    # Moving the polygons by whole pixels moves the pixel centres with them: the crop is the same pixels.
-    shift = np.array([left, top], dtype=np.float64)
-    moved = [[np.asarray(ring, dtype=np.float64).reshape(-1, 2) - shift for ring in p] for p in polygons]
-    return top, left, fill(moved, (bottom - top, right - left))
 
 
 def contour_piece(rings, size):

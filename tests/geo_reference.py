@@ -65,7 +65,7 @@ def builder_masks(path, patches, members):
     """Write the builder's instance map of each member as a masks.npy prediction: channel = class, value = id."""
     array = np.zeros((len(members), 256, 256, 5), dtype=np.int32)
     for row, (_, index) in enumerate(members):
-        _, semantic, instance, nuclei, _ = patches[index]
+        _, _, instance, nuclei, _ = patches[index]
         for nucleus in nuclei:
             array[row, ..., nucleus["label"]][instance == nucleus["id"]] = nucleus["id"]
     np.save(path, array)

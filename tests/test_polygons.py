@@ -14,7 +14,7 @@ from reference import reference_labels
 from scipy import ndimage
 from shapely.geometry import shape
 
-from convert.polygons import contour_piece, fill, fill_contour, geojson_geometry, polygons_piece, ring_area, trace
+from convert.polygons import contour_piece, fill, fill_contour, geojson_geometry, rasterise, ring_area, trace
 
 
 def squares(mask):
@@ -44,10 +44,9 @@ def check_traced(instance):
                 turn = step[:, 0] * np.roll(step, -1, axis=0)[:, 1] - step[:, 1] * np.roll(step, -1, axis=0)[:, 0]
                 assert (turn != 0).all()
         np.testing.assert_array_equal(fill(polygons, instance.shape), mask)
-        top, left, crop = polygons_piece(polygons, instance.shape)
-        whole = np.zeros(instance.shape, dtype=bool)
-        whole[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-        np.testing.assert_array_equal(whole, mask)
+    # All nuclei at once, numbered in id order: the map itself (ids 1..n), or its ids' ranks.
+    ranks = np.searchsorted(ids, instance) + 1
+    np.testing.assert_array_equal(rasterise([traced[v] for v in ids], instance.shape), np.where(instance > 0, ranks, 0))
     return traced
 
 
@@ -176,6 +175,11 @@ def test_hovernet_contours_fill_back_the_piece_they_outline(kaggle_part1, three_
             outlined = ndimage.binary_fill_holes(pieces == pieces[contour[0][1], contour[0][0]])
             drawn = fill_contour(contour, instance.shape)
             np.testing.assert_array_equal(drawn, outlined)
+            # OpenCV's other way of drawing a filled contour (HoVer-Net's overlays) gives the same pixels.
+            by_cv2 = cv2.drawContours(
+                np.zeros(instance.shape, np.uint8), [contour.reshape(-1, 1, 2)], -1, 1, cv2.FILLED
+            )
+            np.testing.assert_array_equal(drawn, by_cv2.astype(bool))
             top, left, crop = contour_piece([contour], instance.shape)
             np.testing.assert_array_equal(drawn[top : top + crop.shape[0], left : left + crop.shape[1]], crop)
             assert drawn.sum() == crop.sum()
@@ -190,3 +194,17 @@ def test_empty_maps_and_tiny_patches(size):
     assert check_traced(np.ones(size, dtype=np.int32))[1][0][0].tolist() == [
         [0, 0], [size[1], 0], [size[1], size[0]], [0, size[0]]
     ]  # fmt: skip
+
+
+def test_rasterise_draws_the_larger_first_and_drops_a_nucleus_without_pixels():
+    big = [[np.array([[0, 0], [6, 0], [6, 6], [0, 6]])]]
+    small = [[np.array([[2, 2], [4, 2], [4, 4], [2, 4]])]]
+    thin = [[np.array([[5.1, 0], [5.4, 0], [5.4, 3], [5.1, 3]])]]  # holds no pixel centre
+    same = [[np.array([[0, 7], [2, 7], [2, 8], [0, 8]])]]
+    for order, (b, s) in (([big, small, thin, same, same], (1, 2)), ([small, thin, big, same, same], (3, 1))):
+        got = rasterise(order, (8, 8))
+        expected = np.zeros((8, 8), dtype=np.int64)
+        expected[:6, :6] = b
+        expected[2:4, 2:4] = s
+        expected[7, :2] = 5  # equal areas: the later on top
+        np.testing.assert_array_equal(got, expected)

@@ -72,15 +72,14 @@ def undecoded(dataset):
 # The folds config: the official protocol's three (train, val, test) arrangements of the folds.
 FOLD_PROTOCOL = {1: ("fold1", "fold2", "fold3"), 2: ("fold2", "fold1", "fold3"), 3: ("fold3", "fold2", "fold1")}
 
+
 def format_name(module):
     """A format's name from its module's: "_" becomes "-" (hovernet_mat.py is `hovernet-mat`, as HoVer-Net's
     users name the .mat layout, beside the `hovernet` .npy one)."""
     return module.replace("_", "-")
 
 
-FORMAT_NAMES = tuple(
-    sorted(format_name(m.name) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-)
+FORMAT_NAMES = tuple(sorted(format_name(m.name) for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def get_format(name):

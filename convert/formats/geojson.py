@@ -61,7 +61,10 @@ def feature_collection(row):
 class GeoJson(Format):
     def patch_files(self, split, position, row, options):
         stem = f"{self.split_dir(split)}/{row['id']}"
-        return [Png(f"{stem}.png", row["image"]["bytes"]), Json(f"{stem}.geojson", feature_collection(row), compact=True)]
+        return [
+            Png(f"{stem}.png", row["image"]["bytes"]),
+            Json(f"{stem}.geojson", feature_collection(row), compact=True),
+        ]
 
     def estimate(self, dataset_dict, options):
         sizes = []

@@ -47,7 +47,9 @@ def recognise(path):
         if name.endswith(FLAT_ENDINGS):
             return True
         folder = os.path.join(path, name)
-        if os.path.isdir(folder) and any(os.path.isfile(os.path.join(folder, f"cells.json{e}")) for e in ("", ".snappy")):
+        if os.path.isdir(folder) and any(
+            os.path.isfile(os.path.join(folder, f"cells.json{e}")) for e in ("", ".snappy")
+        ):
             return True
     return False
 
@@ -109,25 +111,39 @@ def read_file(path, size):
     """(contours, type names, centroids (N, 2), shifted) of one file, in the patch's frame."""
     document = _load(path)
     if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
-        raise PredictionError(f"{path}: no \"cells\" list (not a CellViT cells.json)")
+        raise PredictionError(f'{path}: no "cells" list (not a CellViT cells.json)')
     names = _type_names(document.get("type_map"), path)
-    contours, kinds, centroids = [], [], []
+    contours, kinds = [], []
     for k, cell in enumerate(document["cells"]):
         where = f"{path}: cell {k}"
         if not isinstance(cell, dict) or not all(key in cell for key in ("contour", "centroid", "type")):
             raise PredictionError(f"{where}: no contour, centroid or type")
-        contour = _points(cell["contour"], where, "contour")
-        if not np.array_equal(contour, np.round(contour)):
-            raise PredictionError(f"{where}: contour points are not whole pixels")
         if cell["type"] not in names or isinstance(cell["type"], bool):
             raise PredictionError(f"{where}: type {cell['type']!r} is not in the type_map")
+        try:
+            contour = np.asarray(cell["contour"], dtype=np.float64)
+        except (TypeError, ValueError):
+            contour = _points(cell["contour"], where, "contour")
+        if contour.ndim != 2 or contour.shape[1] != 2 or not len(contour):
+            _points(cell["contour"], where, "contour")
         contours.append(contour)
         kinds.append(names[cell["type"]])
-        centroids.append(_points([cell["centroid"]], where, "centroid")[0])
-    centroids = np.array(centroids, dtype=np.float64).reshape(-1, 2)
     if not contours:
-        return [], [], centroids, False
-    points = np.concatenate([*contours, centroids])
+        return [], [], np.zeros((0, 2)), False
+    try:
+        centroids = np.array([cell["centroid"] for cell in document["cells"]], dtype=np.float64)
+    except (TypeError, ValueError):
+        centroids = np.zeros((0, 3))  # not pairs of numbers: named below
+    points = np.concatenate(contours)
+    # All cells at once; only if something is wrong, one at a time to name it.
+    if centroids.shape != (len(contours), 2) or not np.isfinite(points).all() or not np.isfinite(centroids).all():
+        for k, cell in enumerate(document["cells"]):
+            _points(cell["contour"], f"{path}: cell {k}", "contour")
+            _points([cell["centroid"]], f"{path}: cell {k}", "centroid")
+    if not np.array_equal(points, np.round(points)):
+        k = next(k for k, contour in enumerate(contours) if not np.array_equal(contour, np.round(contour)))
+        raise PredictionError(f"{path}: cell {k}: contour points are not whole pixels")
+    points = np.concatenate([points, centroids])
     low, high = points.min(axis=0), points.max(axis=0)
     limit = np.array([size[1] - 1, size[0] - 1])
     shift = padding_shift(size[0]) if size[0] == size[1] else 0

@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 
-from ..polygons import contour_piece, polygons_piece
+from ..polygons import contour_piece, rasterise
 from .base import Prediction, PredictionError, empty_prediction, from_instances, listing, patch_files
 from .classes import paint, type_of, unknown_names_error
 
@@ -121,16 +121,16 @@ def _class_name(properties, where):
 
 
 def _ring(ring, where):
+    """An (n, 2) float64 ring, its closing point (GeoJSON repeats the first) dropped; finiteness is checked by
+    read_file for the whole file at once."""
     try:
+        if isinstance(ring, list) and len(ring) > 1 and ring[0] == ring[-1]:
+            ring = ring[:-1]
         points = np.asarray(ring, dtype=np.float64)
     except (TypeError, ValueError):
         raise PredictionError(f"{where}: coordinates are not [x, y] number pairs") from None
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise PredictionError(f"{where}: coordinates are not [x, y] number pairs")
-    if not np.isfinite(points).all():
-        raise PredictionError(f"{where}: coordinates have non-finite values (NaN or inf)")
-    if len(points) > 1 and (points[0] == points[-1]).all():  # GeoJSON closes its rings; the fills need not
-        points = points[:-1]
     return points
 
 
@@ -160,20 +160,41 @@ def read_file(path):
             continue
         geometry = feature.get("nucleusGeometry") or feature.get("geometry")
         found.append((kind, _class_name(properties, where), _polygons(geometry, where), where))
+    rings = [ring for _, _, polygons, _ in found for polygon in polygons for ring in polygon]
+    if rings and not np.isfinite(np.concatenate(rings)).all():
+        bad = next(
+            where for _, _, polygons, where in found if not all(np.isfinite(r).all() for p in polygons for r in p)
+        )
+        raise PredictionError(f"{bad}: coordinates have non-finite values (NaN or inf)")
     return found
 
 
-def _whole(polygons):
-    return all(np.array_equal(ring, np.round(ring)) for polygon in polygons for ring in polygon)
+def _geometry_facts(features):
+    """(all vertices whole numbers, some edge slanted, lowest (x, y), highest (x, y)) of a file's features."""
+    rings = [ring for _, _, polygons, _ in features for polygon in polygons for ring in polygon]
+    if not rings:
+        return True, False, np.zeros(2), np.zeros(2)
+    points = np.concatenate(rings)
+    lengths = np.array([len(ring) for ring in rings])
+    following = np.arange(1, len(points) + 1)
+    ends = np.cumsum(lengths)
+    following[ends - 1] = ends - lengths
+    step = points[following] - points
+    slanted = bool(((step[:, 0] != 0) & (step[:, 1] != 0)).any())
+    return bool(np.array_equal(points, np.round(points))), slanted, points.min(axis=0), points.max(axis=0)
 
 
-def _slanted(polygons):
-    for polygon in polygons:
-        for ring in polygon:
-            step = np.diff(np.vstack([ring, ring[:1]]), axis=0)
-            if ((step[:, 0] != 0) & (step[:, 1] != 0)).any():
-                return True
-    return False
+def _first_outside(features, limit, size):
+    """The error naming the first feature with a vertex below 0 or above limit (x, y) (the file has one)."""
+    extents = (
+        (where, np.concatenate([ring for polygon in polygons for ring in polygon]))
+        for _, _, polygons, where in features
+    )
+    return next(
+        _outside(where, points.min(axis=0), points.max(axis=0), size)
+        for where, points in extents
+        if (points.min(axis=0) < 0).any() or (points.max(axis=0) > limit).any()
+    )
 
 
 def _outside(where, low, high, size):
@@ -219,11 +240,10 @@ class GeojsonPrediction(Prediction):
         nuclei = self._nuclei(read_file(path))
         if self.centres:
             pieces = [contour_piece([ring for polygon in p for ring in polygon], self.size) for _, p in nuclei]
+            instance = paint(pieces, self.size)
         else:
-            pieces = [polygons_piece(p, self.size) for _, p in nuclei]
-        instance = paint(pieces, self.size)
-        ids = np.unique(instance)
-        ids = ids[ids != 0]
+            instance = rasterise([p for _, p in nuclei], self.size)
+        ids = np.flatnonzero(np.bincount(instance.ravel(), minlength=len(nuclei) + 1)[1:]) + 1
         if not self.classified:
             prediction = from_instances(instance, ids, np.ones(len(ids), dtype=np.int64), where=path)
             return prediction._replace(types=np.zeros(len(ids), dtype=np.int64))
@@ -247,34 +267,36 @@ def open_layout(path, patches, size, *, class_map=None, **options):
     # Every file is read once here, so that a damaged one stops the command before anything is scored, and
     # so that the split's rules (which objects, which classes, which pixel convention) are known.
     height, width = prediction.size
-    kinds, names, whole, slanted, edge = set(), set(), True, False, []
+    corners, centres = np.array([width, height]), np.array([width - 1, height - 1])
+    classes, whole, slanted, edge = set(), True, False, None  # classes: (object type, class name) pairs
     for file in files:
         if file is None:
             continue
-        for kind, name, polygons, where in read_file(file):
-            kinds.add(kind)
-            if name is not None:
-                names.add(name)
-            points = np.concatenate([ring for polygon in polygons for ring in polygon])
-            low, high = points.min(axis=0), points.max(axis=0)
-            if (low < 0).any() or high[0] > width or high[1] > height:
-                raise _outside(where, low, high, prediction.size)
-            if high[0] > width - 1 or high[1] > height - 1:  # outside if the vertices are pixel centres
-                edge.append((where, low, high))
-            whole = whole and _whole(polygons)
-            slanted = slanted or _slanted(polygons)
-    if kinds & set(NUCLEUS_OBJECTS):
+        features = read_file(file)
+        classes.update((kind, name) for kind, name, _, _ in features)
+        file_whole, file_slanted, low, high = _geometry_facts(features)
+        if (low < 0).any() or (high > corners).any():
+            raise _first_outside(features, corners, prediction.size)
+        if edge is None and (high > centres).any():  # outside if the vertices are pixel centres
+            edge = _first_outside(features, centres, prediction.size)
+        whole, slanted = whole and file_whole, slanted or file_slanted
+    if {kind for kind, _ in classes} & set(NUCLEUS_OBJECTS):
         prediction.objects = NUCLEUS_OBJECTS
+    # Only the names of the objects scored count: a region's class is not a nucleus' class.
+    names = {name for kind, name in classes if kind in prediction.objects and name is not None}
     folded = {name.casefold() for name in names}
     prediction.skip_cells = bool(folded & set(NUCLEI_NAMES)) and bool(folded & set(CELL_NAMES))
-    unknown = {name for name in names if prediction._type(name) is None and not (
-        prediction.skip_cells and name.casefold() in CELL_NAMES)}
+    unknown = {
+        name
+        for name in names
+        if prediction._type(name) is None and not (prediction.skip_cells and name.casefold() in CELL_NAMES)
+    }
     if unknown:
         raise unknown_names_error(path, unknown)
     prediction.classified = any((prediction._type(name) or 0) > 0 for name in names)
     prediction.centres = whole and slanted
-    if prediction.centres and edge:
-        raise _outside(*edge[0], prediction.size)
+    if prediction.centres and edge is not None:
+        raise edge
     if prediction.centres:
         prediction.notes.append(
             "geojson: whole-pixel vertices with slanted edges, OpenCV contours through pixel centres (CellViT++, "

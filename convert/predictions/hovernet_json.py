@@ -81,12 +81,40 @@ def _whole_points(values, where, what, count=None):
     return points
 
 
+def _check_nucleus(where, nucleus, size):
+    """The checks of one nucleus' contour and centroid, one line naming what is wrong: run when its file's
+    checks, made for all its nuclei at once, found something."""
+    height, width = size
+    contour = _whole_points(nucleus["contour"], where, "contour")
+    if not np.array_equal(contour, np.round(contour)):
+        raise PredictionError(f"{where}: contour points are not whole pixels")
+    if contour.min() < 0 or contour[:, 0].max() > width - 1 or contour[:, 1].max() > height - 1:
+        raise PredictionError(f"{where}: contour leaves the {width}x{height} patch")
+    centroid = _whole_points([nucleus["centroid"]], where, "centroid", 1)[0]
+    if (centroid < 0).any() or centroid[0] > width - 1 or centroid[1] > height - 1:
+        raise PredictionError(f"{where}: centroid ({centroid[0]:g}, {centroid[1]:g}) is outside the patch")
+
+
+def _points_fit(contours, centroids, size):
+    """Whether every contour point is a whole pixel of the patch and every centroid a finite point in it."""
+    limit = np.array([size[1] - 1, size[0] - 1])
+    points = np.concatenate(contours)
+    return (
+        centroids.shape == (len(contours), 2)
+        and np.isfinite(centroids).all()
+        and np.array_equal(points, np.round(points))
+        and points.min() >= 0
+        and (points.max(axis=0) <= limit).all()
+        and centroids.min() >= 0
+        and (centroids.max(axis=0) <= limit).all()
+    )
+
+
 def read_file(path, size):
     """(ids, contours, types (int or None each), centroids (N, 2)) of one file, in increasing id order."""
     document = _load(path)
     if not isinstance(document, dict) or not isinstance(document.get("nuc"), dict):
-        raise PredictionError(f"{path}: no \"nuc\" object (not a HoVer-Net JSON)")
-    height, width = size
+        raise PredictionError(f'{path}: no "nuc" object (not a HoVer-Net JSON)')
     rows = []
     for key, nucleus in document["nuc"].items():
         where = f"{path}: nucleus {key}"
@@ -94,22 +122,26 @@ def read_file(path, size):
             raise PredictionError(f"{where}: its id is not a whole number in 1..{MAX_PRED_ID}")
         if not isinstance(nucleus, dict) or "contour" not in nucleus or "centroid" not in nucleus:
             raise PredictionError(f"{where}: no contour or centroid")
-        contour = _whole_points(nucleus["contour"], where, "contour")
-        if not np.array_equal(contour, np.round(contour)):
-            raise PredictionError(f"{where}: contour points are not whole pixels")
-        if contour.min() < 0 or contour[:, 0].max() > width - 1 or contour[:, 1].max() > height - 1:
-            raise PredictionError(f"{where}: contour leaves the {width}x{height} patch")
-        centroid = _whole_points([nucleus["centroid"]], where, "centroid", 1)[0]
-        if (centroid < 0).any() or centroid[0] > width - 1 or centroid[1] > height - 1:
-            raise PredictionError(f"{where}: centroid ({centroid[0]:g}, {centroid[1]:g}) is outside the patch")
         kind = nucleus.get("type")
         if kind is not None and (not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind < NUM_TYPES):
             raise PredictionError(f"{where}: type {kind!r} is not one of 0..{NUM_TYPES - 1} or null")
-        rows.append((int(key), contour.astype(np.int32), kind, centroid))
+        try:
+            contour = np.asarray(nucleus["contour"], dtype=np.float64)
+        except (TypeError, ValueError):
+            _check_nucleus(where, nucleus, size)
+        if contour.ndim != 2 or contour.shape[1] != 2 or not len(contour):
+            _check_nucleus(where, nucleus, size)
+        rows.append((int(key), contour, kind, nucleus))
     rows.sort(key=lambda row: row[0])
-    ids = [row[0] for row in rows]
-    centroids = np.array([row[3] for row in rows], dtype=np.float64).reshape(-1, 2)
-    return ids, [row[1] for row in rows], [row[2] for row in rows], centroids
+    try:
+        centroids = np.array([row[3]["centroid"] for row in rows], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        centroids = np.full((len(rows), 3), np.nan)  # not pairs of numbers: named below
+    if rows and not _points_fit([row[1] for row in rows], centroids, size):
+        for key, _, _, nucleus in rows:
+            _check_nucleus(f"{path}: nucleus {key}", nucleus, size)
+    contours = [row[1].astype(np.int32) for row in rows]
+    return [row[0] for row in rows], contours, [row[2] for row in rows], centroids
 
 
 class HovernetJsonPrediction(Prediction):
