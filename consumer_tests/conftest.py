@@ -2,7 +2,8 @@
 
 Run from the repository root, in a venv with the `consumers` extra (`.ci/run` builds one):
 
-    pip install -e ".[consumers]" && python -m pytest -p no:cacheprovider consumer_tests
+    pip install -e ".[consumers]" && pip install --no-deps -r consumer_tests/requirements-no-deps.txt
+    python -m pytest -p no:cacheprovider consumer_tests
 
 Nothing here may reach the network: models are built from configs or model YAMLs, never checkpoints.
 The fixtures of tests/pannuke_fixtures.py (fake folds in the real format) are shared, not copied.
