@@ -34,7 +34,7 @@ def predicted(three_folds, seed=3):
     rng = np.random.default_rng(seed)
     out = []
     for mask in masks:
-        semantic, instance, nuclei = reference_labels(np.asarray(mask))
+        _, instance, nuclei = reference_labels(np.asarray(mask))
         pred_instance = np.zeros(SIZE, dtype=np.int64)
         pred_class = np.zeros(SIZE, dtype=np.int64)
         for n, k in enumerate(rng.permutation(len(nuclei))):

@@ -115,7 +115,7 @@ def test_damaged_hovernext_output_is_one_line(preds, tmp_path):
     folder = root / PATCHES[0][0]
     zip_path, json_path = folder / "pinst_pp.zip", folder / "class_inst.json"
     good = json.loads(json_path.read_text())
-    first = sorted(good, key=int)[0]
+    first = min(good, key=int)
 
     json_path.write_text(json.dumps({**good, "99991": [2, [0, 5.0, 5.0]]}))
     _error(root, f"{json_path}: nucleus 99991 is not in pinst_pp.zip (1 such)")

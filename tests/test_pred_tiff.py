@@ -133,10 +133,10 @@ def test_damaged_label_tiffs_are_one_line(tmp_path):
     )
     for labels, message in [
         (np.zeros(SIZE, np.float32), "dtype float32, expected integer labels (0 background, 1.. the nuclei)"),
-        (np.zeros((128, 256), np.int32), "shape (128, 256), expected a 256x256 label image (256, 256) or "
-         "InstanSeg's nuclei and cells (2, 256, 256)"),
-        (np.zeros((*SIZE, 3), np.uint8), "shape (256, 256, 3), expected a 256x256 label image (256, 256) or "
-         "InstanSeg's nuclei and cells (2, 256, 256)"),
+        (np.zeros((128, 256), np.int32), ("shape (128, 256), expected a 256x256 label image (256, 256) or "
+         "InstanSeg's nuclei and cells (2, 256, 256)")),
+        (np.zeros((*SIZE, 3), np.uint8), ("shape (256, 256, 3), expected a 256x256 label image (256, 256) or "
+         "InstanSeg's nuclei and cells (2, 256, 256)")),
     ]:  # fmt: skip
         tifffile.imwrite(first, labels, photometric="rgb" if labels.ndim == 3 else None)
         _error(tmp_path, f"{first}: {message}")
