@@ -56,6 +56,27 @@ class Prediction:
         raise NotImplementedError
 
 
+class LabelFilePrediction(Prediction):
+    """One class-agnostic label image per patch, `<id><ending>`; a missing file is a patch without nuclei
+    (cellpose writes none then; the folder's opener decides whether a missing file is allowed at all)."""
+
+    classified = False
+
+    def __init__(self, path, patches, size, ending):
+        super().__init__(path, patches, size)
+        self.ending = ending
+
+    def read_labels(self, path):
+        """The (H, W) integer instance map of one file."""
+        raise NotImplementedError
+
+    def read(self, position):
+        path = os.path.join(self.path, f"{self.patch(position)}{self.ending}")
+        if not os.path.exists(path):
+            return empty_prediction(self.size)
+        return class_agnostic(self.read_labels(path), path)
+
+
 def empty_prediction(size):
     """A patch without any predicted nucleus."""
     return PatchPrediction(

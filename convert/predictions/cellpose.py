@@ -7,16 +7,7 @@ pickle and is never read; its `--save_tif` masks are the `tiff` layout's.
 
 import os
 
-from .base import (
-    Prediction,
-    PredictionError,
-    check_png,
-    class_agnostic,
-    empty_prediction,
-    listing,
-    patch_files,
-    read_png,
-)
+from .base import LabelFilePrediction, PredictionError, check_png, listing, patch_files, read_png
 
 NAME = "cellpose"
 SUFFIXES = ("_cp_masks", "_masks")  # cellpose's own output first; _masks is its training files' name
@@ -37,19 +28,11 @@ def mask_suffix(names):
     return SUFFIXES[0]
 
 
-class CellposePrediction(Prediction):
+class CellposePrediction(LabelFilePrediction):
     name = NAME
-    classified = False
 
-    def __init__(self, path, patches, size, suffix):
-        super().__init__(path, patches, size)
-        self.suffix = suffix
-
-    def read(self, position):
-        path = os.path.join(self.path, f"{self.patch(position)}{self.suffix}.png")
-        if not os.path.exists(path):  # cellpose writes no file for an image without masks
-            return empty_prediction(self.size)
-        return class_agnostic(read_png(path, self.size, MODES), path)
+    def read_labels(self, path):
+        return read_png(path, self.size, MODES)
 
 
 def open_layout(path, patches, size, **options):
@@ -66,8 +49,8 @@ def open_layout(path, patches, size, **options):
                 f"{path}: cellpose's {refused[0]} is not read (a pickle): predict with --save_png to write "
                 "<name>_cp_masks.png (or --save_tif, read by --pred-format tiff)"
             )
-    prediction = CellposePrediction(path, patches, size, suffix)
     ending = f"{suffix}.png"
+    prediction = CellposePrediction(path, patches, size, ending)
     for name in patch_files(path, [patch for patch, _ in prediction.patches], ending, "mask file(s)", required=False):
         check_png(os.path.join(path, name), prediction.size, MODES)
     return prediction

@@ -19,7 +19,7 @@ Negative ids are refused: csbdeep's `save_tiff_imagej_compatible` stores int32 l
 import os
 import struct
 
-from .base import Prediction, PredictionError, class_agnostic, empty_prediction, listing, patch_files
+from .base import LabelFilePrediction, PredictionError, listing, patch_files
 
 NAME = "tiff"
 # (file ending, writer, whether a missing file means no nuclei); the writers' own names first: a user's
@@ -109,28 +109,19 @@ def writer_of(folder, patch_ids):
     return present[0]
 
 
-class TiffPrediction(Prediction):
+class TiffPrediction(LabelFilePrediction):
     name = NAME
-    classified = False
 
-    def __init__(self, path, patches, size, ending):
-        super().__init__(path, patches, size)
-        self.ending = ending
-
-    def read(self, position):
-        path = os.path.join(self.path, f"{self.patch(position)}{self.ending}")
-        if not os.path.exists(path):  # only when a missing file means no nuclei (cellpose): checked at open
-            return empty_prediction(self.size)
-        return class_agnostic(read_labels(path, self.size), path)
+    def read_labels(self, path):
+        return read_labels(path, self.size)
 
 
 def open_layout(path, patches, size, **options):
     if not os.path.isdir(path):
         raise PredictionError(f"{path}: the tiff layout is a folder of <id>.tif label images, not a file")
-    prediction = TiffPrediction(path, patches, size, None)
-    ids = [patch for patch, _ in prediction.patches]
+    ids = [str(patch) for patch, _ in patches]
     ending, writer, missing_is_empty = writer_of(path, ids)
-    prediction.ending = ending
+    prediction = TiffPrediction(path, patches, size, ending)
     for name in patch_files(path, ids, ending, f"{writer} file(s)", required=not missing_is_empty):
         read_labels(os.path.join(path, name), prediction.size, pixels=False)
     if missing_is_empty:
