@@ -59,7 +59,10 @@ def test_every_mask_box_and_label_is_the_reference(coco_tree, kaggle_part1):
 def _docs_block(*containing):
     """The one python block of README.md or docs/ that contains every one of the strings."""
     found = []
-    for name in ["README.md", *(f"docs/{f}" for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md"))]:
+    for name in [
+        "README.md",
+        *(f"docs/{f}" for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")),
+    ]:
         with open(os.path.join(ROOT, name)) as f:
             found += [block for block in python_blocks(f.read()) if all(text in block for text in containing)]
     assert len(found) == 1, f"{len(found)} blocks contain {containing!r}"
