@@ -45,6 +45,31 @@ def assert_reads(prediction, position, channels, centroids, types):
     assert got.centroids.dtype == np.float64 and got.types.dtype == np.int64
 
 
+@pytest.mark.parametrize("background", [1.0, 0.5, np.nan])
+def test_float_ids_are_checked_on_the_class_channels_whatever_the_background_holds(background):
+    """check_ids casts a contiguous float64 patch whole when its sixth channel is integral too, else the five
+    class channels alone: the same ids and the same messages either way (values put in rows read apart)."""
+    from convert.predictions.base import check_ids
+
+    rng = np.random.default_rng(5)
+    patch = np.zeros((256, 256, 6))
+    patch[..., :5] = rng.integers(0, 2**31 - 1, (256, 256, 5)) * (rng.random((256, 256, 5)) < 0.1)
+    patch[..., 5] = background
+    got = check_ids(patch, "p.npy: fold1_00000", channels=5)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got[..., :5], patch[..., :5].astype(np.int64))
+    for row, value, message in [
+        (255, -3.0, "negative values (min -3)"),
+        (130, 2.5, "non-integer values (e.g. 2.5)"),
+        (0, np.inf, "non-finite values (NaN or inf)"),
+        (200, 2.0**31, "values above 2147483647 (max 2.14748e+09)"),
+    ]:
+        bad = patch.copy()
+        bad[row, 7, 4] = value
+        with pytest.raises(PredictionError) as info:
+            check_ids(bad, "p.npy: fold1_00000", channels=5)
+        assert str(info.value) == f"p.npy: fold1_00000: prediction has {message}"
+
 def error(path, message, pred_format=None, patches=PATCHES, **options):
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         open_prediction(str(path), pred_format, patches, SIZE, **options).read(0)
@@ -63,7 +88,7 @@ def test_masks_gives_its_channels_and_its_f1_nuclei_are_those_of_the_collapsed_m
     assert (prediction.name, prediction.classified, prediction.notes) == ("masks", True, [])
     for position, (mask, _, instance, nuclei) in enumerate(fold):
         got = prediction.read(position)
-        np.testing.assert_array_equal(got.channels, mask[..., :5].astype(np.int64))
+        np.testing.assert_array_equal(got.channels[..., :5], mask[..., :5].astype(np.int64))
         assert got.centroids is None and got.types is None  # evaluate takes them from its binary map
         # What that map gives: the builder's instance mask, one nucleus per visible (channel, id) pair.
         _, centroids, types = expected(instance, [n["label"] + 1 for n in nuclei])

@@ -12,6 +12,7 @@ from ..numbers import distinct
 
 NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
 MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
+FLOAT_PIECE = 1 << 15  # float prediction values cast and checked at a time: 256 KB of float64, within L2
 
 
 class PredictionError(ValueError):
@@ -21,7 +22,7 @@ class PredictionError(ValueError):
 class PatchPrediction(NamedTuple):
     """One patch's prediction: class channels for PQ, one point and type per nucleus for F1."""
 
-    channels: np.ndarray  # (H, W, 5) integer instance ids per class channel 0..4
+    channels: np.ndarray  # (H, W, 5) integer instance ids per class channel 0..4; channels after 4 are not read
     centroids: np.ndarray  # (N, 2) float64 (x, y) of each predicted nucleus
     types: np.ndarray  # (N,) int64: 1..5 = class + 1 (HoVer-Net's type ids); 0 = no type
 
@@ -170,6 +171,20 @@ def majority_types(instance, types):
     return values[nucleus], kind[nucleus]
 
 
+def _cast_ids(source, out):
+    """Cast float ids into int32 `out` a few rows at a time, while they are in the cache; True if every value
+    is a non-negative integer of int32's range (the official script's truncation changes none of them)."""
+    rows, cast_rows = (source, out) if source.ndim else (source.reshape(1), out.reshape(1))
+    step = max(1, FLOAT_PIECE // max(1, rows[:1].size))
+    with np.errstate(invalid="ignore"):  # NaN, inf and values beyond int32 cast to garbage, and then differ
+        for start in range(0, len(rows), step):
+            piece, cast = rows[start : start + step], cast_rows[start : start + step]
+            np.copyto(cast, piece, casting="unsafe")
+            if not np.equal(cast, piece).all() or (cast.size and cast.min() < 0):
+                return False
+    return True
+
+
 def check_ids(values, where, what="prediction", channels=None):
     """Values as integers, or raise naming where if one is not a finite non-negative integer up to int32's max.
 
@@ -179,14 +194,19 @@ def check_ids(values, where, what="prediction", channels=None):
     if values.dtype.kind not in "biuf":  # a MATLAB struct or cell, complex numbers, strings: not ids
         raise PredictionError(f"{where}: {what} has dtype {values.dtype}, expected integers")
     if values.dtype.kind == "f":
-        # One cast of the channels that count into int32 (the official script's truncation), then one comparison:
-        # equal only if every value is an integer in int32's range. float64 masks.npy predictions take this path.
         checked = values[..., :channels]
+        # The official layout's background channel holds integers too: the whole contiguous patch is cast in
+        # long runs, three times faster than the strided channels that count, which are cast alone if it fails.
+        whole = values.ndim > 0 and channels is not None and values.shape[-1] > channels and values.flags.c_contiguous
+        for source in (values, checked) if whole else (checked,):
+            ids = np.empty(source.shape, dtype=np.int32)
+            if _cast_ids(source, ids):
+                return ids
         ids = np.empty(checked.shape, dtype=np.int32)
-        with np.errstate(invalid="ignore"):  # NaN, inf and values beyond int32 cast to garbage, and then differ
-            np.copyto(ids, checked, casting="unsafe")
+        with np.errstate(invalid="ignore"):
+            np.copyto(ids, checked, casting="unsafe")  # all of it again, for the checks that name the problem
         if np.array_equal(ids, checked):
-            values = ids
+            values = ids  # negative integers, which the range check below names
         else:
             if not np.isfinite(checked).all():
                 raise PredictionError(f"{where}: {what} has non-finite values (NaN or inf)")
