@@ -132,12 +132,15 @@ def stacked_points(lists):
         return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
     if not all(type(values) is list and values for values in lists):
         return None
-    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    pairs = list(chain.from_iterable(lists))
     try:
-        points = np.array(list(chain.from_iterable(lists)), dtype=np.float64)
-    except (TypeError, ValueError):  # ragged or not numbers
+        # Numbers taken one level down, as a flat run: numpy converts them twice as fast as nested pairs.
+        if set(map(list.__len__, pairs)) != {2}:
+            return None
+        flat = np.fromiter(chain.from_iterable(pairs), dtype=np.float64, count=2 * len(pairs))
+    except (TypeError, ValueError):  # a pair that is not a list, or a value that is not a number
         return None
-    return (points, lengths) if points.shape == (int(lengths.sum()), 2) else None
+    return flat.reshape(-1, 2), np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
 
 
 def empty_prediction(size):
@@ -201,7 +204,8 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
     n = int(number_of[-1]) if len(ids) else 0
     number_type = np.zeros(n + 1, dtype=np.int64)
     number_type[number_of[present]] = types[order][present]
-    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
+    # int32: numbers 1..n fit (n is at most the pixels), and half the bytes of int64 to zero, write and match.
+    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int32)
     pixel_type = number_type[numbers]
     kept = pixel_type != 0
     channels[nonzero[kept], pixel_type[kept] - 1] = numbers[kept]
