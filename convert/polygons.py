@@ -223,7 +223,7 @@ def fill(polygons, size):
 
 
 def rasterise(nuclei, size):
-    """(H, W) int64 map 1..n of n nuclei, each a list of polygons filled by `fill`'s rule, in one pass.
+    """(H, W) int32 map 1..n of n nuclei, each a list of polygons filled by `fill`'s rule, in one pass.
 
     Where nuclei overlap the larger is drawn first and the smaller stays on top (a nucleus drawn inside
     another's hole), equal areas in list order, the later on top; a nucleus without pixels is absent.
@@ -233,7 +233,7 @@ def rasterise(nuclei, size):
     nucleus_of = np.repeat(np.arange(len(nuclei)), [len(nucleus) for nucleus in nuclei])
     owner, pixel = _inside_pixels(polygons, size)
     number = nucleus_of[owner]
-    instance = np.zeros(height * width, dtype=np.int64)
+    instance = np.zeros(height * width, dtype=np.int32)  # as cv2's maps: a reader's checks take it uncopied
     instance[pixel] = number + 1
     if np.count_nonzero(instance) == len(pixel):  # no pixel twice: nothing overlaps, the paint order is moot
         return instance.reshape(size)
