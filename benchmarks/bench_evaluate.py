@@ -560,8 +560,11 @@ def main(argv=None):
         base_cpu = r["readers"]["masks"]["cpu_seconds"]
         lines += ["", "The same prediction in each layout, --num-proc 1, in this process, in turns, least CPU time"]
         lines += [f"of {args.repeats} (CPU time: the share of the machine others take does not count). geojson reads"]
-        coverage = " and ".join(f"{name} {share:.1%}" for name, share in r["contour_coverage"].items())
-        lines += [f"back the hovernet layout's maps exactly; the contours cover of its nucleus pixels: {coverage}.", ""]
+        coverage = ", ".join(f"{name} {share:.1%}" for name, share in r["contour_coverage"].items())
+        lines += [
+            f"back the hovernet layout's maps exactly; share of its nucleus pixels the contours cover: {coverage}.",
+            "",
+        ]
         columns = ["--pred-format", "CPU seconds", "CPU time vs masks", "wall seconds", "wall vs masks", "peak RSS"]
         lines += ["| " + " | ".join(columns) + " |"]
         lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
