@@ -26,9 +26,10 @@ exact for outlines traced along pixel edges). A split whose vertices are all who
 edge that is neither horizontal nor vertical holds OpenCV contours through pixel centres (CellViT++,
 tiatoolbox, HoVer-Net's QuPath export): each polygon is filled as cv2.fillPoly fills it, boundary pixels
 included, as those writers draw them, and a note says so. A vertex outside the patch is an error. Nuclei
-that overlap: the larger first, the smaller on top (convert/polygons.py `rasterise`, `paint_contours`); one left
-without pixels (or whose outline holds no pixel centre) is not a nucleus. A missing file is a patch
-without nuclei (tiatoolbox writes no file for an empty store), and a note counts them.
+that overlap: the larger first, the smaller on top (convert/polygons.py `rasterise`, `paint_contours`);
+one left without pixels (or whose outline holds no pixel centre) is not a nucleus. A missing file is a
+patch without nuclei (tiatoolbox writes no file for an empty store), and a note counts them. Both
+<id>.geojson and <id>_instanseg_prediction.geojson for one patch is an error.
 """
 
 import os
