@@ -16,10 +16,12 @@ Writes (or reuses, in --workdir) a fake fold in the real format and a perturbed 
   wholly covered by a later channel (the official script stops with an IndexError on those; every fake
   patch has one). Its mPQ and bPQ must equal the command's. docopt, which it imports only to read its
   three options, is stood in for, so it needs numpy, pandas and scipy only.
-- --readers: the same prediction written in each layout a framework writes (HoVer-Net .npy and .mat,
-  COCO results, YOLO labels, cellpose and semantic PNGs, StarDist label TIFFs, HoVer-NeXt's output
-  folders as zarr 2 writes them and as zarr 3 does, a CoNIC labels.npy) and scored, in this process,
-  against the masks.npy row: what each reader costs.
+- --readers: the same prediction written in each layout a framework writes (HoVer-Net .npy, .mat and
+  json/, COCO results, YOLO labels, cellpose and semantic PNGs, StarDist label TIFFs, HoVer-NeXt's output
+  folders as zarr 2 writes them and as zarr 3 does, a CoNIC labels.npy, CellViT cells.json, QuPath
+  GeoJSON) and scored, in this process, against the masks.npy row: what each reader costs. Before timing,
+  the GeoJSON is checked to read back exactly the .npy layout's maps, and the contour layouts (hovernet-json,
+  cellvit: one OpenCV outline per nucleus, holes and second pieces lost) to cover nearly the same pixels.
 
 Memory is the peak anonymous RSS (RssAnon) summed over the process tree.
 """
@@ -50,6 +52,10 @@ from pycocotools import mask as mask_utils
 
 import pannuke_imagemask as pim
 from convert.__main__ import main as cli_main
+from convert.formats.coco import image_id
+from convert.formats.geojson import CLASSIFICATIONS
+from convert.polygons import geojson_geometry, trace
+from convert.predictions import open_prediction
 from convert.results import SCORE_COLUMNS
 from convert.sample import fold_paths, write_fold
 
@@ -274,9 +280,89 @@ def write_hovernext(folder, instance, classes, zarr_format):
         json.dump(classes, f)
 
 
+def outline(instance, value):
+    """(contour (n, 2) x, y of pixel centres, centroid [x, y]) of one nucleus as HoVer-Net's post_proc `process`
+    finds them (the first contour of RETR_TREE on its box, the box's moments), or None under 3 points."""
+    rows, cols = np.nonzero(instance == value)
+    top, left = rows.min(), cols.min()
+    crop = (instance[top : rows.max() + 1, left : cols.max() + 1] == value).astype(np.uint8)
+    contour = cv2.findContours(crop, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0][0].reshape(-1, 2)
+    if len(contour) < 3:
+        return None
+    moments = cv2.moments(crop)
+    centroid = [moments["m10"] / moments["m00"] + left, moments["m01"] / moments["m00"] + top]
+    bbox = [[int(top), int(left)], [int(rows.max()) + 1, int(cols.max()) + 1]]
+    return (contour + (left, top)).tolist(), centroid, bbox
+
+
+def write_contour_files(paths, stem, instance, types):
+    """HoVer-Net's json/<id>.json (infer/base.py `__save_json`) and CellViT's pip <id>/cells.json of one patch;
+    CellViT writes no file for a patch without cells."""
+    nuc, cells = {}, []
+    for value, kind in enumerate(types.tolist(), start=1):
+        found = outline(instance, value)
+        if found is None:  # post_proc skips contours of fewer than 3 points
+            continue
+        contour, centroid, bbox = found
+        nuc[str(value)] = {"bbox": bbox, "centroid": centroid, "contour": contour, "type_prob": 0.9, "type": kind}
+        cell = {"bbox": bbox, "centroid": np.rint(centroid).tolist(), "contour": contour, "type": kind}
+        cells.append({**cell, "type_prob": 0.8, "patch_coordinates": [0, 0], "cell_status": 0, "edge_position": False})
+    with open(os.path.join(paths["hovernet-json"], "json", f"{stem}.json"), "w") as f:
+        json.dump({"mag": None, "nuc": nuc}, f)
+    if cells:
+        os.makedirs(os.path.join(paths["cellvit"], stem))
+        type_map = {str(k + 1): name.capitalize() for k, name in enumerate(pim.NUCLEUS_CLASSES)}
+        metadata = {"base_magnification": 40, "base_mpp": 0.25, "target_patch_mpp": 0.25}
+        with open(os.path.join(paths["cellvit"], stem, "cells.json"), "w") as f:
+            json.dump({"wsi_metadata": metadata, "type_map": type_map, "cells": cells}, f)
+
+
+def write_geojson(path, instance, types):
+    """A QuPath FeatureCollection of one patch: one detection a nucleus, its exact pixel-edge outline."""
+    polygons = trace(instance)
+    features = [
+        {
+            "type": "Feature",
+            "geometry": geojson_geometry(polygons[value]),
+            "properties": {"objectType": "detection", "classification": CLASSIFICATIONS[kind - 1]},
+        }
+        for value, kind in enumerate(types.tolist(), start=1)
+        if value in polygons
+    ]
+    with open(path, "w") as f:
+        json.dump({"type": "FeatureCollection", "features": features}, f, separators=(",", ":"))
+
+
+def check_polygon_layouts(layouts, n):
+    """{contour layout: share of the nucleus pixels it covers}, after raising unless geojson reads back exactly
+    the hovernet layout's maps (exact outlines) and the contour layouts cover nearly the same nucleus pixels (an
+    OpenCV outline holds neither holes nor second pieces)."""
+    patches = [(pim.patch_id(1, index), image_id(1, index)) for index in range(n)]
+    size = (pim.PATCH_SIZE, pim.PATCH_SIZE)
+    exact = open_prediction(layouts["hovernet"], "hovernet", patches, size)
+    readers = {
+        name: open_prediction(layouts[name], name, patches, size) for name in ("geojson", "hovernet-json", "cellvit")
+    }
+    same, total = {name: 0 for name in readers}, 0
+    for position in range(n):
+        want = exact.read(position)
+        got = readers["geojson"].read(position)
+        for field in ("channels", "centroids", "types"):
+            if not np.array_equal(getattr(got, field), getattr(want, field)):
+                raise RuntimeError(f"geojson: patch {position}: {field} differ from the .npy layout's")
+        nuclei = want.channels.any(axis=-1)
+        total += int(nuclei.sum())
+        for name, reader in readers.items():
+            same[name] += int((reader.read(position).channels.any(axis=-1) & nuclei).sum())
+    for name in ("hovernet-json", "cellvit"):
+        if same[name] < 0.95 * total:
+            raise RuntimeError(f"{name}: the contours cover {same[name] / total:.1%} of the nucleus pixels")
+    return {name: same[name] / total for name in ("hovernet-json", "cellvit")}
+
+
 def write_layouts(root, pred_path, n):
     """{layout: its --pred} of the prediction at pred_path written in every layout (reused if present)."""
-    done = os.path.join(root, "complete-2")  # -2: with the tiff, hovernext and conic layouts
+    done = os.path.join(root, "complete-3")  # -3: with the hovernet-json, cellvit and geojson layouts
     paths = {
         "masks": pred_path,
         "hovernet": os.path.join(root, "hovernet"),
@@ -289,11 +375,15 @@ def write_layouts(root, pred_path, n):
         "hovernext": os.path.join(root, "hovernext"),
         "hovernext (zarr 3)": os.path.join(root, "hovernext-zarr3"),
         "conic": os.path.join(root, "labels.npy"),
+        "hovernet-json": os.path.join(root, "hovernet-json"),
+        "cellvit": os.path.join(root, "cellvit"),
+        "geojson": os.path.join(root, "geojson"),
     }
     if os.path.exists(done):
         return paths
     shutil.rmtree(root, ignore_errors=True)
-    for folder in ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic", "stardist"):
+    folders = ("hovernet", "hovernet-mat/mat", "yolo/labels", "cellpose", "semantic", "stardist", "hovernet-json/json")
+    for folder in (*folders, "cellvit", "geojson"):
         os.makedirs(os.path.join(root, folder))
     pred = np.lib.format.open_memmap(pred_path, mode="r")
     conic = np.lib.format.open_memmap(paths["conic"], mode="w+", dtype=np.int32, shape=(n, *pred.shape[1:3], 2))
@@ -333,6 +423,8 @@ def write_layouts(root, pred_path, n):
         for key, zarr_format in (("hovernext", 2), ("hovernext (zarr 3)", 3)):
             write_hovernext(os.path.join(paths[key], stem), instance, classes, zarr_format)
         conic[index] = np.stack([instance, kinds], axis=-1)
+        write_contour_files(paths, stem, instance, types)
+        write_geojson(os.path.join(paths["geojson"], f"{stem}.geojson"), instance, types)
     conic.flush()
     with open(paths["coco"], "w") as f:
         json.dump(results, f)
@@ -462,11 +554,17 @@ def main(argv=None):
 
     if args.readers:
         layouts = write_layouts(os.path.join(args.workdir, f"layouts-{n}"), pred_path, n)
+        r["contour_coverage"] = check_polygon_layouts(layouts, n)
         r["readers"] = reader_rows(data_dir, layouts, args.repeats)
         base = r["readers"]["masks"]["seconds"]
         base_cpu = r["readers"]["masks"]["cpu_seconds"]
         lines += ["", "The same prediction in each layout, --num-proc 1, in this process, in turns, least CPU time"]
-        lines += [f"of {args.repeats} (CPU time: the share of the machine others take does not count):", ""]
+        lines += [f"of {args.repeats} (CPU time: the share of the machine others take does not count). geojson reads"]
+        coverage = ", ".join(f"{name} {share:.1%}" for name, share in r["contour_coverage"].items())
+        lines += [
+            f"back the hovernet layout's maps exactly; share of its nucleus pixels the contours cover: {coverage}.",
+            "",
+        ]
         columns = ["--pred-format", "CPU seconds", "CPU time vs masks", "wall seconds", "wall vs masks", "peak RSS"]
         lines += ["| " + " | ".join(columns) + " |"]
         lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]

@@ -223,7 +223,7 @@ def fill(polygons, size):
 
 
 def rasterise(nuclei, size):
-    """(H, W) int64 map 1..n of n nuclei, each a list of polygons filled by `fill`'s rule, in one pass.
+    """(H, W) int32 map 1..n of n nuclei, each a list of polygons filled by `fill`'s rule, in one pass.
 
     Where nuclei overlap the larger is drawn first and the smaller stays on top (a nucleus drawn inside
     another's hole), equal areas in list order, the later on top; a nucleus without pixels is absent.
@@ -233,6 +233,10 @@ def rasterise(nuclei, size):
     nucleus_of = np.repeat(np.arange(len(nuclei)), [len(nucleus) for nucleus in nuclei])
     owner, pixel = _inside_pixels(polygons, size)
     number = nucleus_of[owner]
+    instance = np.zeros(height * width, dtype=np.int32)  # as cv2's maps: a reader's checks take it uncopied
+    instance[pixel] = number + 1
+    if np.count_nonzero(instance) == len(pixel):  # no pixel twice: nothing overlaps, the paint order is moot
+        return instance.reshape(size)
     area = np.bincount(number, minlength=len(nuclei))
     rank = np.empty(len(nuclei), dtype=np.int64)
     rank[np.lexsort((np.arange(len(nuclei)), -area))] = np.arange(len(nuclei))  # the paint order
@@ -240,7 +244,6 @@ def rasterise(nuclei, size):
     pixel, number = pixel[order], number[order]
     last = np.ones(len(pixel), dtype=bool)
     last[:-1] = pixel[1:] != pixel[:-1]  # each pixel's nucleus drawn last
-    instance = np.zeros(height * width, dtype=np.int64)
     instance[pixel[last]] = number[last] + 1
     return instance.reshape(size)
 
@@ -262,6 +265,49 @@ def contour_piece(rings, size):
     crop = np.zeros((bottom - top + 1, right - left + 1), dtype=np.uint8)
     cv2.fillPoly(crop, [(ring - (left, top)).reshape(-1, 1, 2) for ring in rings], 1)
     return int(top), int(left), crop.view(bool)
+
+
+ALONE_CHECKED = 2048  # nuclei of a patch up to which their boxes are compared pairwise
+
+
+def paint_contours(nuclei, size):
+    """(H, W) int32 map 1..n of n nuclei, each a list of non-empty rings of pixel centres inside the patch filled
+    together as cv2.fillPoly fills them (`contour_piece`). Where nuclei overlap the larger is drawn first, so
+    that one drawn inside another's outline (a fill covers the holes an outline cannot hold) stays on top;
+    equal areas in list order, the later on top."""
+    instance = np.zeros(size, dtype=np.int32)
+    if not nuclei:
+        return instance
+    rings = [[np.asarray(ring, dtype=np.int32).reshape(-1, 2) for ring in nucleus] for nucleus in nuclei]
+    for k, nucleus in enumerate(rings):
+        cv2.fillPoly(instance, nucleus, k + 1)
+    # Drawn in list order, that is the map unless two nuclei share a pixel. A fill stays within its points'
+    # box, so only nuclei whose boxes meet another's can: drawn again in reverse order, they end the same on
+    # every pixel exactly when none is shared; else they are filled apart and painted again by area.
+    points = np.concatenate([ring for nucleus in rings for ring in nucleus])
+    counts = [sum(len(ring) for ring in nucleus) for nucleus in rings]
+    starts = np.cumsum(counts) - counts
+    low, high = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
+    if len(nuclei) <= ALONE_CHECKED:
+        meets = ((low[:, None] <= high[None]) & (low[None] <= high[:, None])).all(axis=-1)
+        np.fill_diagonal(meets, False)
+        others = np.flatnonzero(meets.any(axis=1)).tolist()
+    else:
+        others = list(range(len(nuclei)))
+    if not others:
+        return instance
+    reverse = np.zeros(size, dtype=np.int32)
+    for k in reversed(others):
+        cv2.fillPoly(reverse, rings[k], k + 1)
+    drawn = reverse != 0
+    if np.array_equal(instance[drawn], reverse[drawn]):
+        return instance
+    pieces = [contour_piece(rings[k], size) for k in others]
+    areas = np.array([int(crop.sum()) for _, _, crop in pieces], dtype=np.int64)
+    for j in np.argsort(-areas, kind="stable").tolist():
+        top, left, crop = pieces[j]
+        instance[top : top + crop.shape[0], left : left + crop.shape[1]][crop] = others[j] + 1
+    return instance
 
 
 def geojson_geometry(polygons):

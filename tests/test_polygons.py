@@ -14,7 +14,16 @@ from reference import reference_labels
 from scipy import ndimage
 from shapely.geometry import shape
 
-from convert.polygons import contour_piece, fill, fill_contour, geojson_geometry, rasterise, ring_area, trace
+from convert.polygons import (
+    contour_piece,
+    fill,
+    fill_contour,
+    geojson_geometry,
+    paint_contours,
+    rasterise,
+    ring_area,
+    trace,
+)
 
 
 def squares(mask):
@@ -208,3 +217,57 @@ def test_rasterise_draws_the_larger_first_and_drops_a_nucleus_without_pixels():
         expected[2:4, 2:4] = s
         expected[7, :2] = 5  # equal areas: the later on top
         np.testing.assert_array_equal(got, expected)
+
+
+def painted_alone(nuclei, size):
+    """Each nucleus (rings of pixel centres) filled alone on a full canvas, then painted larger first in plain
+    Python, equal areas in list order."""
+    masks = []
+    for rings in nuclei:
+        canvas = np.zeros(size, np.uint8)
+        cv2.fillPoly(canvas, [np.asarray(ring, np.int32).reshape(-1, 1, 2) for ring in rings], 1)
+        masks.append(canvas.astype(bool))
+    instance = np.zeros(size, dtype=np.int64)
+    for k in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
+        instance[masks[k]] = k + 1
+    return instance
+
+
+def test_paint_contours_draws_the_larger_first_only_where_nuclei_share_pixels():
+    big = [np.array([[1, 1], [9, 1], [9, 9], [1, 9]])]
+    small = [np.array([[4, 4], [6, 4], [6, 6], [4, 6]])]
+    apart = [np.array([[12, 12], [14, 12], [13, 14]])]
+    touching = [np.array([[10, 1], [11, 1], [11, 3], [10, 3]])]  # beside big, boxes apart by a pixel: not shared
+    for nuclei in ([big, small, apart, touching], [small, big, touching, apart], [apart, small, touching, big]):
+        got = paint_contours(nuclei, (16, 16))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, painted_alone(nuclei, (16, 16)))
+        assert (got[4:7, 4:7] == next(k for k, n in enumerate(nuclei, 1) if n is small)).all()  # on top
+    twins = [[np.array([[0, 0], [3, 0], [3, 3]])], [np.array([[0, 0], [3, 0], [3, 3]])]]
+    assert set(np.unique(paint_contours(twins, (4, 4))).tolist()) == {0, 2}  # equal areas: the later on top
+    assert not paint_contours([], (4, 4)).any()
+
+
+def test_paint_contours_equals_each_nucleus_painted_alone_on_random_rings():
+    rng = np.random.default_rng(7)
+    shared = 0
+    for _ in range(300):
+        nuclei = []
+        for _ in range(rng.integers(0, 12)):
+            centre = rng.integers(0, 40, size=2)
+            rings = [np.clip(centre + rng.integers(-6, 7, size=(rng.integers(1, 8), 2)), 0, 39) for _ in range(2)]
+            nuclei.append(rings[: rng.integers(1, 3)])  # one ring, or two filled together
+        expected = painted_alone(nuclei, (40, 40))
+        np.testing.assert_array_equal(paint_contours(nuclei, (40, 40)), expected)
+        alone = sum(int((painted_alone([nucleus], (40, 40)) > 0).sum()) for nucleus in nuclei)
+        shared += alone > (expected > 0).sum()  # some pixel in two nuclei
+    assert shared > 100  # the paint order was put to the test
+
+
+def test_rasterise_without_overlaps_equals_the_painted_order():
+    squares_ = [[[np.array([[c, r], [c + 2, r], [c + 2, r + 2], [c, r + 2]])]] for r in (0, 3) for c in (0, 3)]
+    got = rasterise(squares_, (6, 6))
+    expected = np.zeros((6, 6), dtype=np.int64)
+    for k, (r, c) in enumerate((r, c) for r in (0, 3) for c in (0, 3)):
+        expected[r : r + 2, c : c + 2] = k + 1
+    np.testing.assert_array_equal(got, expected)

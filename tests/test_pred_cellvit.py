@@ -1,6 +1,7 @@
 """--pred-format cellvit: CellViT's cells.json, written here with the keys and frames of its inference code."""
 
 import json
+import pickle
 import sys
 
 import numpy as np
@@ -13,7 +14,8 @@ from reference import reference_labels
 
 import pannuke_imagemask as pim
 from convert.formats.coco import image_id
-from convert.predictions import open_prediction
+from convert.predictions import cellvit, open_prediction
+from convert.predictions.base import parse_json
 
 SIZE = (256, 256)
 PATCHES = [(pim.patch_id(1, i), image_id(1, i)) for i in range(PART1_PATCHES)]
@@ -196,3 +198,20 @@ def test_damaged_cellvit_files_are_one_line(fold, tmp_path, monkeypatch):
     with pytest.raises(ValueError) as info:
         open_prediction(str(tmp_path), None, PATCHES, SIZE)
     assert str(info.value) == f"{tmp_path}: 1 CellViT file(s) not in the split, the first fold1_99999_cells.json"
+
+
+def test_each_file_is_parsed_once_and_reads_as_a_worker_reads_it(fold, tmp_path, monkeypatch):
+    kept = {}
+    for position, (patch, _) in enumerate(PATCHES):
+        _, instance, nuclei = fold[position]
+        document, kept[position] = cells_json(instance, nuclei, REPO_SHIFT if position % 2 else 0)
+        (tmp_path / f"{patch}_cells.json").write_text(json.dumps(document))
+    parsed = []
+    monkeypatch.setattr(cellvit, "parse_json", lambda data, path: parsed.append(path) or parse_json(data, path))
+    prediction = open_prediction(str(tmp_path), "cellvit", PATCHES, SIZE)
+    fresh = pickle.loads(pickle.dumps(prediction))  # as a worker gets it: nothing kept, each file parsed again
+    for position, (_, instance, _) in enumerate(fold):
+        types = [n["label"] + 1 for n, _, _ in kept[position]]
+        assert_reads(prediction, position, instance, kept[position], types)
+        assert_reads(fresh, position, instance, kept[position], types)
+    assert len(parsed) == 2 * len(PATCHES)

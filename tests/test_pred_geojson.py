@@ -2,6 +2,7 @@
 read back against independent conversions (tests/geo_reference.py)."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from scipy import ndimage
 import pannuke_imagemask as pim
 from convert.__main__ import main
 from convert.formats.coco import image_id
-from convert.predictions import open_prediction
+from convert.predictions import geojson, open_prediction
+from convert.predictions.base import read_json
 
 SIZE = (256, 256)
 PATCHES = [(pim.patch_id(1, i), image_id(1, i)) for i in range(PART1_PATCHES)]
@@ -308,3 +310,61 @@ def test_regions_classes_do_not_count_when_detections_are_scored(fold, tmp_path)
     (tmp_path / f"{PATCHES[0][0]}.geojson").write_text(json.dumps(document))
     prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
     assert_reads(prediction, 0, instance, [1] * len(nuclei))
+
+
+def test_instanseg_file_names_are_read_and_two_files_for_one_patch_are_an_error(fold, tmp_path, monkeypatch):
+    for position, (patch, _) in enumerate(PATCHES):
+        _, instance, nuclei = fold[position]
+        name = f"{patch}_instanseg_prediction.geojson" if position % 2 else f"{patch}.geojson"
+        (tmp_path / name).write_text(json.dumps(_qupath_document(instance, nuclei, position)))
+    (tmp_path / f"{PATCHES[1][0]}_instanseg_prediction.tiff").write_bytes(b"")  # its label image: not read here
+    parsed = []
+    monkeypatch.setattr(geojson, "read_json", lambda path: parsed.append(path) or read_json(path))
+    prediction = open_prediction(str(tmp_path), "geojson", PATCHES, SIZE)  # else the TIFF marks the tiff layout
+    assert (prediction.name, prediction.notes) == ("geojson", [])
+    fresh = pickle.loads(pickle.dumps(prediction))  # as a worker gets it: nothing kept, each file parsed again
+    for position, (_, instance, nuclei) in enumerate(fold):
+        assert_reads(prediction, position, instance, [n["label"] + 1 for n in nuclei])
+        assert_reads(fresh, position, instance, [n["label"] + 1 for n in nuclei])
+    assert len(parsed) == 2 * len(PATCHES)  # at opening, and by the worker's copy
+    (tmp_path / f"{PATCHES[1][0]}.geojson").write_text("[]")
+    patch = PATCHES[1][0]
+    error(
+        tmp_path,
+        f"{tmp_path}: two GeoJSON files for one patch: {patch}.geojson and {patch}_instanseg_prediction.geojson",
+        "geojson",
+    )
+    (tmp_path / "fold1_99999_instanseg_prediction.geojson").write_text("[]")
+    error(
+        tmp_path,
+        f"{tmp_path}: 1 GeoJSON file(s) not in the split, the first fold1_99999_instanseg_prediction.geojson",
+        "geojson",
+    )
+
+
+def _square(left, top, side, slanted=False):
+    """A closed ring around a square of pixels: on pixel corners, or (slanted) through pixel centres with one
+    corner cut, so that the split reads as OpenCV contours."""
+    right, bottom = left + side, top + side
+    if slanted:
+        ring = [[left, top], [right - 1, top], [right, top + 1], [right, bottom], [left, bottom]]
+    else:
+        ring = [[left, top], [right, top], [right, bottom], [left, bottom]]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+        "properties": {"objectType": "detection", "classification": "Neoplastic"},
+    }
+
+
+@pytest.mark.parametrize("slanted", [False, True])
+def test_overlapping_nuclei_keep_the_smaller_on_top_in_either_order(tmp_path, slanted):
+    big, small, apart = _square(10, 10, 30, slanted), _square(20, 20, 6, slanted), _square(100, 100, 5, slanted)
+    for order in ([big, small, apart], [small, apart, big]):
+        (tmp_path / f"{PATCHES[0][0]}.geojson").write_text(json.dumps(order))
+        prediction = open_prediction(str(tmp_path), None, PATCHES, SIZE)
+        assert prediction.notes[0].startswith("geojson: whole-pixel vertices") == slanted
+        channels = prediction.read(0).channels[..., 0]
+        inner = 23  # a pixel of the small square, inside the big one
+        assert channels[inner, inner] == 1 + order.index(small)
+        assert channels[12, 12] == 1 + order.index(big) and channels[102, 102] == 1 + order.index(apart)

@@ -1,6 +1,8 @@
 """--pred-format hovernet-json: HoVer-Net's json/<id>.json, written here as its post_proc and __save_json write it."""
 
 import json
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from reference import reference_labels
 
 import pannuke_imagemask as pim
 from convert.formats.coco import image_id
-from convert.predictions import open_prediction
+from convert.predictions import base, open_prediction
+from convert.predictions import hovernet_json as hovernet_json_reader
+from convert.predictions.base import read_json
 
 SIZE = (256, 256)
 PATCHES = [(pim.patch_id(1, i), image_id(1, i)) for i in range(PART1_PATCHES)]
@@ -158,3 +162,40 @@ def test_damaged_hovernet_json_is_one_line(fold, tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         open_prediction(str(tmp_path), "hovernet-json", PATCHES, SIZE)
     assert str(info.value) == f"{tmp_path}: 1 prediction(s) missing, the first {PATCHES[0][0]}.json"
+
+
+def test_each_file_is_parsed_once_and_one_changed_after_opening_is_read_again(fold, tmp_path, monkeypatch):
+    """The opening check keeps what it parsed for the reads (not for workers: not pickled), up to
+    KEPT_SOURCE_BYTES of source; a file whose size or modification time changed since is parsed again."""
+    for position, (patch, _) in enumerate(PATCHES):
+        _, instance, nuclei = fold[position]
+        (tmp_path / f"{patch}.json").write_text(json.dumps(hovernet_json(instance, nuclei)[0]))
+    parsed = []
+    monkeypatch.setattr(hovernet_json_reader, "read_json", lambda path: parsed.append(path) or read_json(path))
+    prediction = open_prediction(str(tmp_path), "hovernet-json", PATCHES, SIZE)
+    assert len(parsed) == len(PATCHES)
+    fresh = pickle.loads(pickle.dumps(prediction))  # as a worker gets it: nothing kept
+    assert fresh._cache == {}
+    for position in range(len(PATCHES)):
+        got, again = prediction.read(position), fresh.read(position)
+        for field in got._fields:
+            np.testing.assert_array_equal(getattr(got, field), getattr(again, field))
+    assert len(parsed) == 2 * len(PATCHES)  # the reads of the kept copy parsed nothing
+    # Nothing kept beyond the budget: every read parses, with the same result.
+    monkeypatch.setattr(base, "KEPT_SOURCE_BYTES", 0)
+    bounded = open_prediction(str(tmp_path), "hovernet-json", PATCHES, SIZE)
+    assert bounded._cache.get("kept", {}) == {}
+    np.testing.assert_array_equal(bounded.read(0).channels, prediction.read(0).channels)
+    monkeypatch.undo()
+    # Patch 0 rewritten after opening, without its first nucleus: the read sees the file as it is now.
+    prediction = open_prediction(str(tmp_path), "hovernet-json", PATCHES, SIZE)
+    _, instance, nuclei = fold[0]
+    document, kept = hovernet_json(instance, nuclei[1:])
+    path = tmp_path / f"{PATCHES[0][0]}.json"
+    stamp = path.stat().st_mtime_ns
+    path.write_text(json.dumps(document))
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a later time even where the clock is coarse
+    truth, types, centroids = reference(instance, kept)
+    got = prediction.read(0)
+    np.testing.assert_array_equal(got.channels, expected(truth, types)[0])
+    np.testing.assert_array_equal(got.centroids, centroids)

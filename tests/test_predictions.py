@@ -70,6 +70,7 @@ def test_float_ids_are_checked_on_the_class_channels_whatever_the_background_hol
             check_ids(bad, "p.npy: fold1_00000", channels=5)
         assert str(info.value) == f"p.npy: fold1_00000: prediction has {message}"
 
+
 def error(path, message, pred_format=None, patches=PATCHES, **options):
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         open_prediction(str(path), pred_format, patches, SIZE, **options).read(0)

@@ -1,6 +1,8 @@
 """What every prediction reader shares: the per-patch result, the reader's base class and the id checks."""
 
+import json
 import os
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +15,9 @@ from ..numbers import distinct
 NUM_TYPES = pim.NUM_CLASS_CHANNELS + 1  # HoVer-Net type values: 0 background, 1..5 the nucleus classes
 MAX_PRED_ID = np.iinfo(np.int32).max  # the official script truncates to int32
 FLOAT_PIECE = 1 << 15  # float prediction values cast and checked at a time: 256 KB of float64, within L2
+# Bytes of source files whose checked contents a split keeps from its opening check for its reads: beyond, a
+# file is parsed again when scored, so that a large split's memory stays bounded.
+KEPT_SOURCE_BYTES = 64 << 20
 
 
 class PredictionError(ValueError):
@@ -31,7 +36,7 @@ class Prediction:
     """A split's predictions in one layout; read(position) gives the PatchPrediction of the split's row.
 
     Opened once in the parent and handed to workers: subclasses keep only paths and small tables in their
-    state and open files lazily (a memory map in _cache is dropped when pickled).
+    state and open files lazily (a memory map or the files kept by `keep` in _cache are dropped when pickled).
     """
 
     name = ""
@@ -52,6 +57,26 @@ class Prediction:
 
     def patch(self, position):
         return self.patches[position][0]
+
+    def keep(self, path, parse):
+        """parse(path), the checked contents of a file read when the split is opened, kept for `parsed` while the
+        files kept stay within KEPT_SOURCE_BYTES of source."""
+        stamp = file_stamp(path)  # before parsing: a file changed meanwhile is parsed again when scored
+        contents = parse(path)
+        kept = self._cache.setdefault("kept", {})
+        used = self._cache.get("kept_bytes", 0)
+        if used + stamp[0] <= KEPT_SOURCE_BYTES:
+            kept[path] = (stamp, contents)
+            self._cache["kept_bytes"] = used + stamp[0]
+        return contents
+
+    def parsed(self, path, parse):
+        """parse(path), or what `keep` kept of it if the file's size and modification time are still the same:
+        each file is parsed once. A file is handed out once (its memory then goes); a second read parses again."""
+        stamp, contents = self._cache.get("kept", {}).pop(path, (None, None))
+        if stamp is not None and stamp == file_stamp(path):
+            return contents
+        return parse(path)
 
     def read(self, position):
         raise NotImplementedError
@@ -76,6 +101,46 @@ class LabelFilePrediction(Prediction):
         if not os.path.exists(path):
             return empty_prediction(self.size)
         return class_agnostic(self.read_labels(path), path)
+
+
+def file_stamp(path):
+    """(size, modification time in ns) of a file: what tells a file changed since it was read."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def parse_json(data, path):
+    """The document of JSON bytes (UTF-8, as RFC 8259 wants) read from path, or one line naming path."""
+    try:
+        return json.loads(data.decode())
+    except UnicodeDecodeError:
+        raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
+
+
+def read_json(path):
+    """The document of a JSON file, or one line naming it."""
+    with open(path, "rb") as f:
+        return parse_json(f.read(), path)
+
+
+def stacked_points(lists):
+    """(points (P, 2) float64, lengths (L,)) of L non-empty lists of [x, y] number pairs, converted in one numpy
+    call, or None if one is not that (its reader then names the problem, one list at a time)."""
+    if not lists:
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    if not all(type(values) is list and values for values in lists):
+        return None
+    pairs = list(chain.from_iterable(lists))
+    try:
+        # Numbers taken one level down, as a flat run: numpy converts them twice as fast as nested pairs.
+        if set(map(list.__len__, pairs)) != {2}:
+            return None
+        flat = np.fromiter(chain.from_iterable(pairs), dtype=np.float64, count=2 * len(pairs))
+    except (TypeError, ValueError):  # a pair that is not a list, or a value that is not a number
+        return None
+    return flat.reshape(-1, 2), np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
 
 
 def empty_prediction(size):
@@ -139,7 +204,8 @@ def from_instances(instance_map, ids, types, centroids=None, where="prediction")
     n = int(number_of[-1]) if len(ids) else 0
     number_type = np.zeros(n + 1, dtype=np.int64)
     number_type[number_of[present]] = types[order][present]
-    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int64)
+    # int32: numbers 1..n fit (n is at most the pixels), and half the bytes of int64 to zero, write and match.
+    channels = np.zeros((flat.size, pim.NUM_CLASS_CHANNELS), dtype=np.int32)
     pixel_type = number_type[numbers]
     kept = pixel_type != 0
     channels[nonzero[kept], pixel_type[kept] - 1] = numbers[kept]

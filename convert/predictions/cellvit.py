@@ -20,14 +20,13 @@ without a class; any other name is an error unless --class-map maps it (convert/
 folder without any of our classes is class-agnostic.
 """
 
-import json
 import os
 
 import numpy as np
 
-from ..polygons import contour_piece
-from .base import Prediction, PredictionError, empty_prediction, from_instances, listing
-from .classes import paint, type_of, unknown_names_error
+from ..polygons import paint_contours
+from .base import Prediction, PredictionError, empty_prediction, from_instances, listing, parse_json, stacked_points
+from .classes import type_of, unknown_names_error
 
 NAME = "cellvit"
 PATCH_NAMES = ("{}/cells.json", "{}/cells.json.snappy", "{}_cells.json", "{}_cells.json.snappy")
@@ -71,15 +70,6 @@ def _text(path):
     return data
 
 
-def _load(path):
-    try:
-        return json.loads(_text(path).decode())
-    except UnicodeDecodeError:
-        raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
-    except json.JSONDecodeError as exc:
-        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
-
-
 def _type_names(type_map, path):
     """{type id: name} of a type_map in either direction (CellViT++: id -> name, CellViT: name -> id)."""
     if not isinstance(type_map, dict):
@@ -107,14 +97,25 @@ def _points(values, where, what):
     return points
 
 
-def read_file(path, size):
-    """(contours, type names, centroids (N, 2), shifted) of one file, in the patch's frame."""
-    document = _load(path)
-    if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
-        raise PredictionError(f'{path}: no "cells" list (not a CellViT cells.json)')
-    names = _type_names(document.get("type_map"), path)
+def _plain_kinds(cells, names):
+    """The type name of each cell if every cell has a contour, a centroid and an int type of the type_map; else
+    None (the file is then checked one cell at a time)."""
+    kinds = []
+    for cell in cells:
+        if not isinstance(cell, dict) or "contour" not in cell or "centroid" not in cell:
+            return None
+        kind = cell.get("type")
+        if type(kind) is not int or kind not in names:
+            return None
+        kinds.append(names[kind])
+    return kinds
+
+
+def _checked_cells(path, cells, names):
+    """(type names, contours (n, 2) float64) of the cells, checked one cell at a time so that the first problem
+    is named."""
     contours, kinds = [], []
-    for k, cell in enumerate(document["cells"]):
+    for k, cell in enumerate(cells):
         where = f"{path}: cell {k}"
         if not isinstance(cell, dict) or not all(key in cell for key in ("contour", "centroid", "type")):
             raise PredictionError(f"{where}: no contour, centroid or type")
@@ -128,23 +129,40 @@ def read_file(path, size):
             _points(cell["contour"], where, "contour")
         contours.append(contour)
         kinds.append(names[cell["type"]])
-    if not contours:
+    return kinds, contours
+
+
+def read_file(path, size):
+    """(contours, type names, centroids (N, 2), shifted) of one file, in the patch's frame."""
+    document = parse_json(_text(path), path)
+    if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
+        raise PredictionError(f'{path}: no "cells" list (not a CellViT cells.json)')
+    names = _type_names(document.get("type_map"), path)
+    cells = document["cells"]
+    # All cells at once; only if something is wrong, one at a time to name it.
+    kinds = _plain_kinds(cells, names)
+    stacked = None if kinds is None else stacked_points([cell["contour"] for cell in cells])
+    if stacked is None:
+        kinds, contours = _checked_cells(path, cells, names)
+        stacked = stacked_points([contour.tolist() for contour in contours])
+    if not kinds:
         return [], [], np.zeros((0, 2)), False
+    points, lengths = stacked
     try:
-        centroids = np.array([cell["centroid"] for cell in document["cells"]], dtype=np.float64)
+        centroids = np.array([cell["centroid"] for cell in cells], dtype=np.float64)
     except (TypeError, ValueError):
         centroids = np.zeros((0, 3))  # not pairs of numbers: named below
-    points = np.concatenate(contours)
-    # All cells at once; only if something is wrong, one at a time to name it.
-    if centroids.shape != (len(contours), 2) or not np.isfinite(points).all() or not np.isfinite(centroids).all():
-        for k, cell in enumerate(document["cells"]):
+    if centroids.shape != (len(kinds), 2) or not np.isfinite(points).all() or not np.isfinite(centroids).all():
+        for k, cell in enumerate(cells):
             _points(cell["contour"], f"{path}: cell {k}", "contour")
             _points([cell["centroid"]], f"{path}: cell {k}", "centroid")
-    if not np.array_equal(points, np.round(points)):
-        k = next(k for k, contour in enumerate(contours) if not np.array_equal(contour, np.round(contour)))
+    ends = np.cumsum(lengths)
+    fraction = (points != np.round(points)).any(axis=1)
+    if fraction.any():
+        k = int(np.searchsorted(ends, np.flatnonzero(fraction)[0], side="right"))
         raise PredictionError(f"{path}: cell {k}: contour points are not whole pixels")
-    points = np.concatenate([points, centroids])
-    low, high = points.min(axis=0), points.max(axis=0)
+    both = np.concatenate([points, centroids])
+    low, high = both.min(axis=0), both.max(axis=0)
     limit = np.array([size[1] - 1, size[0] - 1])
     shift = padding_shift(size[0]) if size[0] == size[1] else 0
     shifted = False
@@ -154,8 +172,8 @@ def read_file(path, size):
                 f"{path}: coordinates x {low[0]:g}..{high[0]:g}, y {low[1]:g}..{high[1]:g} leave the "
                 f"{size[1]}x{size[0]} patch (and are not CellViT's {shift} px padding of a lone tile)"
             )
-        contours, centroids, shifted = [c - shift for c in contours], centroids - shift, True
-    return [c.astype(np.int32) for c in contours], kinds, centroids, shifted
+        points, centroids, shifted = points - shift, centroids - shift, True
+    return np.split(points.astype(np.int32), ends[:-1]), kinds, centroids, shifted
 
 
 def patch_paths(folder, patch_ids):
@@ -187,12 +205,15 @@ class CellvitPrediction(Prediction):
         super().__init__(path, patches, size)
         self.files, self.class_map = files, class_map
 
+    def _read_file(self, path):
+        return read_file(path, self.size)
+
     def read(self, position):
         path = self.files[position]
         if path is None:  # CellViT writes nothing for an image without cells
             return empty_prediction(self.size)
-        contours, names, centroids, _ = read_file(path, self.size)
-        instance = paint([contour_piece([contour], self.size) for contour in contours], self.size)
+        contours, names, centroids, _ = self.parsed(path, self._read_file)
+        instance = paint_contours([[contour] for contour in contours], self.size)
         numbers = np.arange(1, len(contours) + 1)
         if not self.classified:
             ones = np.ones(len(numbers), dtype=np.int64)
@@ -204,12 +225,12 @@ class CellvitPrediction(Prediction):
 def open_layout(path, patches, size, *, class_map=None, **options):
     files = patch_paths(path, [patch for patch, _ in patches])
     prediction = CellvitPrediction(path, patches, size, files, dict(class_map or {}))
-    # Every file is read here: a damaged one stops the command before anything is scored, and the split's
-    # classes are known.
+    # Every file is read here (and kept for scoring): a damaged one stops the command before anything is
+    # scored, and the split's classes are known.
     names, moved = set(), 0
     for file in files:
         if file is not None:
-            _, kinds, _, shifted = read_file(file, prediction.size)
+            _, kinds, _, shifted = prediction.keep(file, prediction._read_file)
             names.update(kinds)
             moved += shifted
     unknown = {name for name in names if type_of(name, prediction.class_map) is None}

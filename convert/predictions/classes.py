@@ -1,12 +1,10 @@
-"""Class names of the polygon layouts (geojson, cellvit) to our types, and the nuclei they paint into one map.
+"""Class names of the polygon layouts (geojson, cellvit) to our types.
 
 A name is one of ours, case-insensitively ("Neoplastic" .. "Epithelial", as CellViT's PanNuke head and our
 `geojson` export write them), or a name that says "a nucleus, no class" (InstanSeg's "Nuclei", CellViT's
 binary "nuclei" / "Cell", QuPath's "Detection"), or one the user maps with `--class-map NAME=CLASS,...`,
 CLASS one of ours or `none` (a nucleus without a class). Any other name is an error that names it.
 """
-
-import numpy as np
 
 import pannuke_imagemask as pim
 
@@ -50,16 +48,3 @@ def unknown_names_error(where, names):
     return PredictionError(
         f"{where}: class name(s) {shown} are not ours ({', '.join(TYPES)}); map them with --class-map NAME=CLASS,..."
     )
-
-
-def paint(masks, size):
-    """(H, W) int64 map 1..n of n nucleus masks (top, left, bool crop): larger ones first, so that a nucleus
-    drawn inside another's outline (a fill covers the holes its outline cannot hold) stays on top; equal
-    areas in list order, the later on top."""
-    instance = np.zeros(size, dtype=np.int64)
-    areas = np.array([int(crop.sum()) for _, _, crop in masks], dtype=np.int64)
-    for k in np.argsort(-areas, kind="stable"):
-        top, left, crop = masks[k]
-        window = instance[top : top + crop.shape[0], left : left + crop.shape[1]]
-        window[crop] = k + 1
-    return instance

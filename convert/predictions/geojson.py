@@ -1,4 +1,5 @@
-"""`geojson`: a QuPath-style GeoJSON per patch, <id>.geojson or <id>.json (QuPath, InstanSeg, tiatoolbox, CellViT++).
+"""`geojson`: a QuPath-style GeoJSON per patch, <id>.geojson, <id>_instanseg_prediction.geojson or <id>.json
+(QuPath, InstanSeg, tiatoolbox, CellViT++).
 
 Read as QuPath reads objects (qupath-core io/PathObjectTypeAdapters `read`, GsonTools `PathClassTypeAdapter`):
 
@@ -25,19 +26,27 @@ exact for outlines traced along pixel edges). A split whose vertices are all who
 edge that is neither horizontal nor vertical holds OpenCV contours through pixel centres (CellViT++,
 tiatoolbox, HoVer-Net's QuPath export): each polygon is filled as cv2.fillPoly fills it, boundary pixels
 included, as those writers draw them, and a note says so. A vertex outside the patch is an error. Nuclei
-that overlap: the larger first, the smaller on top (convert/predictions/classes.py `paint`); one left
-without pixels (or whose outline holds no pixel centre) is not a nucleus. A missing file is a patch
-without nuclei (tiatoolbox writes no file for an empty store), and a note counts them.
+that overlap: the larger first, the smaller on top (convert/polygons.py `rasterise`, `paint_contours`);
+one left without pixels (or whose outline holds no pixel centre) is not a nucleus. A missing file is a
+patch without nuclei (tiatoolbox writes no file for an empty store), and a note counts them. Both
+<id>.geojson and <id>_instanseg_prediction.geojson for one patch is an error.
 """
 
-import json
 import os
 
 import numpy as np
 
-from ..polygons import contour_piece, rasterise
-from .base import Prediction, PredictionError, empty_prediction, from_instances, listing, patch_files
-from .classes import paint, type_of, unknown_names_error
+from ..polygons import paint_contours, rasterise
+from .base import (
+    Prediction,
+    PredictionError,
+    empty_prediction,
+    from_instances,
+    listing,
+    read_json,
+    stacked_points,
+)
+from .classes import type_of, unknown_names_error
 
 NAME = "geojson"
 ENDINGS = (".geojson", ".json")
@@ -45,16 +54,7 @@ OBJECT_TYPES = {"annotation", "detection", "cell", "tile", "tmacore", "tma_core"
 NUCLEUS_OBJECTS = ("detection", "cell")
 NEVER_NUCLEI = ("tile", "tmacore", "tma_core", "root")
 NUCLEI_NAMES, CELL_NAMES = ("nuclei", "nucleus"), ("cells", "cell")
-
-
-def _load(path):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode())
-    except UnicodeDecodeError:
-        raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
-    except json.JSONDecodeError as exc:
-        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
+INSTANSEG_ENDING = "_instanseg_prediction.geojson"  # InstanSeg's eval(..., save_geojson=True): <image stem> + this
 
 
 def _is_geojson(document):
@@ -74,7 +74,7 @@ def recognise(path):
     if first is None or not os.path.isfile(os.path.join(path, first)):
         return False
     try:
-        return _is_geojson(_load(os.path.join(path, first)))
+        return _is_geojson(read_json(os.path.join(path, first)))
     except PredictionError:
         return False
 
@@ -122,7 +122,7 @@ def _class_name(properties, where):
 
 def _ring(ring, where):
     """An (n, 2) float64 ring, its closing point (GeoJSON repeats the first) dropped; finiteness is checked by
-    read_file for the whole file at once."""
+    _checked_features for the whole file at once."""
     try:
         if isinstance(ring, list) and len(ring) > 1 and ring[0] == ring[-1]:
             ring = ring[:-1]
@@ -147,10 +147,57 @@ def _polygons(geometry, where):
     return [[_ring(ring, where) for ring in polygon] for polygon in polygons]
 
 
-def read_file(path):
-    """[(object type, class name or None, polygons, where)] of one file, checked as GeoJSON of areas."""
+def _plain_features(features):
+    """[(object type, class name or None, [[ring, ...], ...] as in the file, feature index)] of the features that
+    may be nuclei, if each has a class name and a Polygon or MultiPolygon of non-empty lists; else None (the
+    file is then checked one feature at a time)."""
     found = []
-    for k, feature in enumerate(_features(_load(path), path)):
+    for k, feature in enumerate(features):
+        properties = feature.get("properties") or {}
+        if not isinstance(properties, dict):
+            return None
+        kind = _object_type(feature, properties)
+        if kind in NEVER_NUCLEI:
+            continue
+        try:
+            name = _class_name(properties, "")
+        except PredictionError:
+            return None
+        geometry = feature.get("nucleusGeometry") or feature.get("geometry")
+        if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+            return None
+        coordinates = geometry.get("coordinates")
+        polygons = [coordinates] if geometry["type"] == "Polygon" else coordinates
+        if not isinstance(polygons, list) or not polygons or not all(isinstance(p, list) and p for p in polygons):
+            return None
+        found.append((kind, name, polygons, k))
+    return found
+
+
+def _stacked_rings(found):
+    """The features of _plain_features with their rings as (n, 2) float64 arrays, closing points dropped,
+    converted in one numpy call; None if a ring is not [x, y] number pairs or a coordinate not finite."""
+    rings = [ring for _, _, polygons, _ in found for polygon in polygons for ring in polygon]
+    stacked = stacked_points(rings)
+    if stacked is None:
+        return None
+    points, lengths = stacked
+    if not np.isfinite(points).all():
+        return None
+    # GeoJSON repeats a ring's first point at its end; compared as the file has them, as `_ring` does.
+    closed = [len(ring) > 1 and ring[0] == ring[-1] for ring in rings]
+    ends = np.cumsum(lengths).tolist()
+    pieces = iter([points[end - length : end - drop] for end, length, drop in zip(ends, lengths.tolist(), closed)])
+    return [
+        (kind, name, [[next(pieces) for _ in polygon] for polygon in polygons], k) for kind, name, polygons, k in found
+    ]
+
+
+def _checked_features(path, features):
+    """[(object type, class name or None, polygons, where)] of the features, checked one at a time so that the
+    first problem is named."""
+    found = []
+    for k, feature in enumerate(features):
         where = f"{path}: feature {k}"
         properties = feature.get("properties") or {}
         if not isinstance(properties, dict):
@@ -167,6 +214,17 @@ def read_file(path):
         )
         raise PredictionError(f"{bad}: coordinates have non-finite values (NaN or inf)")
     return found
+
+
+def read_file(path):
+    """[(object type, class name or None, polygons, where)] of one file, checked as GeoJSON of areas."""
+    features = _features(read_json(path), path)
+    # All features at once; only if something is wrong, one at a time to name it.
+    found = _plain_features(features)
+    found = None if found is None else _stacked_rings(found)
+    if found is None:
+        return _checked_features(path, features)
+    return [(kind, name, polygons, f"{path}: feature {k}") for kind, name, polygons, k in found]
 
 
 def _geometry_facts(features):
@@ -237,10 +295,9 @@ class GeojsonPrediction(Prediction):
         path = self.files[position]
         if path is None:
             return empty_prediction(self.size)
-        nuclei = self._nuclei(read_file(path))
+        nuclei = self._nuclei(self.parsed(path, read_file))
         if self.centres:
-            pieces = [contour_piece([ring for polygon in p for ring in polygon], self.size) for _, p in nuclei]
-            instance = paint(pieces, self.size)
+            instance = paint_contours([[ring for polygon in p for ring in polygon] for _, p in nuclei], self.size)
         else:
             instance = rasterise([p for _, p in nuclei], self.size)
         ids = np.flatnonzero(np.bincount(instance.ravel(), minlength=len(nuclei) + 1)[1:]) + 1
@@ -251,28 +308,41 @@ class GeojsonPrediction(Prediction):
         return from_instances(instance, ids, types, where=path)
 
 
-def _ending(folder):
+def patch_paths(folder, patch_ids):
+    """Per patch the path of its file (or None): <id>.geojson or InstanSeg's <id>_instanseg_prediction.geojson,
+    else <id>.json in a folder without .geojson files; after refusing files of patches not in the split and
+    two files for one patch."""
     names = listing(folder)
-    if any(name.endswith(".geojson") for name in names):
-        return ".geojson"
-    return ".json"
+    ending = ".geojson" if any(name.endswith(".geojson") for name in names) else ".json"
+    found = {}
+    for name in names:
+        suffix = next((suffix for suffix in (INSTANSEG_ENDING, ending) if name.endswith(suffix)), None)
+        if suffix is not None:
+            found.setdefault(name[: -len(suffix)], []).append(name)
+    split = set(patch_ids)
+    foreign = sorted(name for patch, files in found.items() if patch not in split for name in files)
+    if foreign:
+        raise PredictionError(f"{folder}: {len(foreign)} GeoJSON file(s) not in the split, the first {foreign[0]}")
+    twice = next((patch for patch in patch_ids if len(found.get(patch, ())) > 1), None)
+    if twice is not None:
+        raise PredictionError(
+            f"{folder}: two GeoJSON files for one patch: {twice}{ending} and {twice}{INSTANSEG_ENDING}"
+        )
+    return [os.path.join(folder, found[patch][0]) if patch in found else None for patch in patch_ids]
 
 
 def open_layout(path, patches, size, *, class_map=None, **options):
-    ending = _ending(path)
-    ids = [patch for patch, _ in patches]
-    present = set(patch_files(path, ids, ending, "GeoJSON file(s)", required=False))
-    files = [os.path.join(path, f"{patch}{ending}") if f"{patch}{ending}" in present else None for patch in ids]
+    files = patch_paths(path, [patch for patch, _ in patches])
     prediction = GeojsonPrediction(path, patches, size, files, dict(class_map or {}))
-    # Every file is read once here, so that a damaged one stops the command before anything is scored, and
-    # so that the split's rules (which objects, which classes, which pixel convention) are known.
+    # Every file is read here (and kept for scoring), so that a damaged one stops the command before anything
+    # is scored, and so that the split's rules (which objects, which classes, which pixel convention) are known.
     height, width = prediction.size
     corners, centres = np.array([width, height]), np.array([width - 1, height - 1])
     classes, whole, slanted, edge = set(), True, False, None  # classes: (object type, class name) pairs
     for file in files:
         if file is None:
             continue
-        features = read_file(file)
+        features = prediction.keep(file, read_file)
         classes.update((kind, name) for kind, name, _, _ in features)
         file_whole, file_slanted, low, high = _geometry_facts(features)
         if (low < 0).any() or (high > corners).any():

@@ -16,15 +16,23 @@ When `mat/` stands beside `json/`, the `.mat` files are scored instead (exact pi
 holes, a nucleus' second piece and nuclei of fewer than 3 contour points), and a note says so.
 """
 
-import json
 import os
 
 import numpy as np
 
-from ..polygons import contour_piece
+from ..polygons import paint_contours
 from . import hovernet_mat
-from .base import MAX_PRED_ID, NUM_TYPES, Prediction, PredictionError, from_instances, listing, patch_files
-from .classes import paint
+from .base import (
+    MAX_PRED_ID,
+    NUM_TYPES,
+    Prediction,
+    PredictionError,
+    from_instances,
+    listing,
+    patch_files,
+    read_json,
+    stacked_points,
+)
 
 NAME = "hovernet-json"
 
@@ -43,16 +51,6 @@ def mat_beside(path):
     return None
 
 
-def _load(path):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode())
-    except UnicodeDecodeError:
-        raise PredictionError(f"{path}: not JSON text (not UTF-8)") from None
-    except json.JSONDecodeError as exc:
-        raise PredictionError(f"{path}: not complete JSON ({exc})") from None
-
-
 def recognise(path):
     """HoVer-Net's output folder (a json/ folder), or a folder of .json files the first of which has "nuc"."""
     if not os.path.isdir(path):
@@ -63,7 +61,7 @@ def recognise(path):
     if first is None or not os.path.isfile(os.path.join(path, first)):
         return False
     try:
-        document = _load(os.path.join(path, first))
+        document = read_json(os.path.join(path, first))
     except PredictionError:
         return False
     return isinstance(document, dict) and "nuc" in document
@@ -95,12 +93,12 @@ def _check_nucleus(where, nucleus, size):
         raise PredictionError(f"{where}: centroid ({centroid[0]:g}, {centroid[1]:g}) is outside the patch")
 
 
-def _points_fit(contours, centroids, size):
-    """Whether every contour point is a whole pixel of the patch and every centroid a finite point in it."""
+def _points_fit(points, centroids, count, size):
+    """Whether every contour point is a whole pixel of the patch and every centroid (count of them) a finite
+    point in it."""
     limit = np.array([size[1] - 1, size[0] - 1])
-    points = np.concatenate(contours)
     return (
-        centroids.shape == (len(contours), 2)
+        centroids.shape == (count, 2)
         and np.isfinite(centroids).all()
         and np.array_equal(points, np.round(points))
         and points.min() >= 0
@@ -110,13 +108,28 @@ def _points_fit(contours, centroids, size):
     )
 
 
-def read_file(path, size):
-    """(ids, contours, types (int or None each), centroids (N, 2)) of one file, in increasing id order."""
-    document = _load(path)
-    if not isinstance(document, dict) or not isinstance(document.get("nuc"), dict):
-        raise PredictionError(f'{path}: no "nuc" object (not a HoVer-Net JSON)')
+def _plain_rows(nuc):
+    """[(id, nucleus)] in id order if every nucleus has an id in 1..MAX_PRED_ID, a contour, a centroid and a
+    type 0..5 or null; else None (the file is then checked one nucleus at a time)."""
     rows = []
-    for key, nucleus in document["nuc"].items():
+    for key, nucleus in nuc.items():
+        if not (key.isascii() and key.isdigit() and 1 <= int(key) <= MAX_PRED_ID):
+            return None
+        if not isinstance(nucleus, dict) or "contour" not in nucleus or "centroid" not in nucleus:
+            return None
+        kind = nucleus.get("type")
+        if kind is not None and (type(kind) is not int or not 0 <= kind < NUM_TYPES):
+            return None
+        rows.append((int(key), nucleus))
+    rows.sort(key=lambda row: row[0])
+    return rows
+
+
+def _checked_rows(path, nuc, size):
+    """[(id, nucleus)] in id order and their contours (n, 2) float64, checked one nucleus at a time so that the
+    first problem is named."""
+    rows = []
+    for key, nucleus in nuc.items():
         where = f"{path}: nucleus {key}"
         if not key.isdigit() or not 1 <= int(key) <= MAX_PRED_ID:
             raise PredictionError(f"{where}: its id is not a whole number in 1..{MAX_PRED_ID}")
@@ -131,17 +144,32 @@ def read_file(path, size):
             _check_nucleus(where, nucleus, size)
         if contour.ndim != 2 or contour.shape[1] != 2 or not len(contour):
             _check_nucleus(where, nucleus, size)
-        rows.append((int(key), contour, kind, nucleus))
+        rows.append((int(key), nucleus, contour))
     rows.sort(key=lambda row: row[0])
+    return [row[:2] for row in rows], [row[2] for row in rows]
+
+
+def read_file(path, size):
+    """(ids, contours, types (int or None each), centroids (N, 2)) of one file, in increasing id order."""
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("nuc"), dict):
+        raise PredictionError(f'{path}: no "nuc" object (not a HoVer-Net JSON)')
+    # All nuclei at once; only if something is wrong, one at a time to name it.
+    rows = _plain_rows(document["nuc"])
+    stacked = None if rows is None else stacked_points([nucleus["contour"] for _, nucleus in rows])
+    if stacked is None:
+        rows, contours = _checked_rows(path, document["nuc"], size)
+        stacked = stacked_points([contour.tolist() for contour in contours])
+    points, lengths = stacked
     try:
-        centroids = np.array([row[3]["centroid"] for row in rows], dtype=np.float64).reshape(-1, 2)
+        centroids = np.array([nucleus["centroid"] for _, nucleus in rows], dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):
         centroids = np.full((len(rows), 3), np.nan)  # not pairs of numbers: named below
-    if rows and not _points_fit([row[1] for row in rows], centroids, size):
-        for key, _, _, nucleus in rows:
+    if rows and not _points_fit(points, centroids, len(rows), size):
+        for key, nucleus in rows:
             _check_nucleus(f"{path}: nucleus {key}", nucleus, size)
-    contours = [row[1].astype(np.int32) for row in rows]
-    return [row[0] for row in rows], contours, [row[2] for row in rows], centroids
+    contours = np.split(points.astype(np.int32), np.cumsum(lengths)[:-1]) if rows else []
+    return [key for key, _ in rows], contours, [nucleus.get("type") for _, nucleus in rows], centroids
 
 
 class HovernetJsonPrediction(Prediction):
@@ -151,10 +179,13 @@ class HovernetJsonPrediction(Prediction):
         super().__init__(path, patches, size)
         self.folder, self.classified = folder, classified
 
+    def _read_file(self, path):
+        return read_file(path, self.size)
+
     def read(self, position):
         path = os.path.join(self.folder, f"{self.patch(position)}.json")
-        ids, contours, types, centroids = read_file(path, self.size)
-        instance = paint([contour_piece([contour], self.size) for contour in contours], self.size)
+        ids, contours, types, centroids = self.parsed(path, self._read_file)
+        instance = paint_contours([[contour] for contour in contours], self.size)
         numbers = np.arange(1, len(ids) + 1)  # paint numbers the nuclei 1..n in id order
         if not self.classified:
             prediction = from_instances(instance, numbers, np.ones(len(ids), dtype=np.int64), centroids, where=path)
@@ -173,17 +204,17 @@ def open_layout(path, patches, size, **options):
         return prediction
     folder = json_folder(path)
     expected = patch_files(folder, [patch for patch, _ in patches], ".json", "prediction(s)")
-    # Every file is read here: a damaged one stops the command before anything is scored, and whether
-    # HoVer-Net ran with types is known for the whole folder.
+    prediction = HovernetJsonPrediction(path, patches, size, folder, True)
+    # Every file is read here (and kept for scoring): a damaged one stops the command before anything is
+    # scored, and whether HoVer-Net ran with types is known for the whole folder.
     typed, untyped = None, None  # the first file with a type, and with a null type
     for name in expected:
-        _, _, types, _ = read_file(os.path.join(folder, name), tuple(size))
+        _, _, types, _ = prediction.keep(os.path.join(folder, name), prediction._read_file)
         typed = typed or (name if any(kind is not None for kind in types) else None)
         untyped = untyped or (name if None in types else None)
     if typed and untyped:
         raise PredictionError(f"{os.path.join(folder, untyped)}: type null, but {typed} has types")
-    typed = bool(typed)
-    prediction = HovernetJsonPrediction(path, patches, size, folder, typed)
-    if not typed:
+    prediction.classified = bool(typed)
+    if not prediction.classified:
         prediction.notes.append("hovernet-json: every type is null (HoVer-Net run without types): class-agnostic")
     return prediction
