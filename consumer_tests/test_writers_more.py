@@ -24,7 +24,6 @@ imports ray, snappy and pathopatch; its GeoJSON is tested from that function's c
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -274,13 +273,9 @@ def test_instanseg_labels_to_features_geojson_scores_as_its_pieces(
         features += len(document["features"])
     assert features > 300
     reference = masks_npy(tmp_path / "pieces.npy", pieces)
-    # The geojson reader reads <id>.geojson and <id>.json, not yet InstanSeg's own <id>_instanseg_prediction.geojson
-    # (its "24 GeoJSON file(s) not in the split"): the files are scored under the patch ids, bytes unchanged.
-    named = tmp_path / "instanseg_geojson"
-    named.mkdir()
-    for patch in PATCHES:
-        shutil.copyfile(folder / f"{patch}_instanseg_prediction.geojson", named / f"{patch}.geojson")
-    _, entry = same_agnostic(three_folds, named, reference, tmp_path, "--pred-format", "geojson")
+    # InstanSeg's folder as it wrote it: <id>_instanseg_prediction.geojson beside its label TIFFs (which the
+    # recognition would pick: --pred-format geojson chooses the GeoJSON).
+    _, entry = same_agnostic(three_folds, folder, reference, tmp_path, "--pred-format", "geojson")
     assert entry["layout"] == "geojson"
 
 
